@@ -59,7 +59,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise OutputError(path.parent, f"cannot create output folder ({exc.strerror})") from exc
     if not os.access(path.parent, os.W_OK):
         raise OutputError(path.parent, "output folder is not writable")
-    tmp = path.parent / f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}{_suffixes(path)}"
+    tmp = (
+        path.parent
+        / f".{path.name}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}{_suffixes(path)}"
+    )
     try:
         yield tmp
         if not tmp.exists():
@@ -86,7 +89,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented, key-sorted JSON atomically (stable bytes for stable input)."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return write_text_atomic(
+        path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n"
+    )
 
 
 def write_tsv_atomic(path: str | os.PathLike[str], table: pd.DataFrame) -> Path:

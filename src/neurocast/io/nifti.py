@@ -81,7 +81,9 @@ def _open(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
     except (OSError, ValueError) as exc:
         raise InvalidImageError(path, f"cannot read NIfTI header ({exc})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise InvalidImageError(path, f"not a NIfTI image (nibabel read it as {type(img).__name__})")
+        raise InvalidImageError(
+            path, f"not a NIfTI image (nibabel read it as {type(img).__name__})"
+        )
     return img
 
 
@@ -90,7 +92,9 @@ def _checked_geometry(path: Path, img: nib.Nifti1Image) -> tuple[tuple[int, int,
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) == 4:
-        raise InvalidImageError(path, f"image is 4-D with {shape[3]} volumes; expected one 3-D scan")
+        raise InvalidImageError(
+            path, f"image is 4-D with {shape[3]} volumes; expected one 3-D scan"
+        )
     if len(shape) > 4:
         raise InvalidImageError(path, f"image has {len(shape)} dimensions; expected 3")
     if len(shape) < 3 or min(shape) == 1:

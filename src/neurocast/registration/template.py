@@ -120,7 +120,9 @@ def working_grid(spacing_mm: float = 2.0, margin_mm: float = 6.0) -> Grid:
     idx = np.argwhere(np.asarray(mask.dataobj) > 0)
     lo_mm = nib.affines.apply_affine(mask.affine, idx.min(axis=0)) - margin_mm
     hi_mm = nib.affines.apply_affine(mask.affine, idx.max(axis=0)) + margin_mm
-    shape = tuple(int(np.ceil((h - lo) / spacing_mm)) + 1 for lo, h in zip(lo_mm, hi_mm, strict=True))
+    shape = tuple(
+        int(np.ceil((h - lo) / spacing_mm)) + 1 for lo, h in zip(lo_mm, hi_mm, strict=True)
+    )
     affine = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
     affine[:3, 3] = lo_mm
     return Grid(shape, affine)  # type: ignore[arg-type]

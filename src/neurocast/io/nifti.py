@@ -78,7 +78,7 @@ def _open(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
         raise InvalidImageError(path, f"corrupt or truncated compressed file ({exc})") from exc
     except nib.filebasedimages.ImageFileError as exc:
         raise InvalidImageError(path, f"not a readable NIfTI image ({exc})") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, nib.spatialimages.HeaderDataError) as exc:
         raise InvalidImageError(path, f"cannot read NIfTI header ({exc})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InvalidImageError(
@@ -168,7 +168,7 @@ def load_image(path: str | os.PathLike[str], *, canonical: bool = True) -> nib.N
         data = np.asanyarray(img.dataobj, dtype=np.float32)
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise InvalidImageError(path, f"truncated or corrupt image data ({exc})") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, nib.spatialimages.HeaderDataError) as exc:
         raise InvalidImageError(path, f"cannot read image data ({exc})") from exc
     data = np.asarray(data).reshape(shape)
     finite = np.isfinite(data)

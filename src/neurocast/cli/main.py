@@ -90,6 +90,15 @@ def validate(
     sys.exit(report.exit_code)
 
 
+def _register_commands() -> None:
+    from neurocast.cli.simulate_cmd import simulate
+
+    cli.add_command(simulate)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point of the console script."""
     cli(prog_name="neurocast")

@@ -1,0 +1,56 @@
+"""SimulationConfig: defaults, validation, round trip, and that every parameter is documented."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import neurocast.simulate as simulate
+from neurocast.simulate import DEFAULT_ANNUAL_RATES, SimulationConfig
+
+
+def test_defaults_validate_and_round_trip():
+    cfg = SimulationConfig()
+    again = SimulationConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_default_hippocampal_rates_are_the_published_ones():
+    # Barnes et al. 2009 meta-analysis: 1.41 %/yr controls, 4.66 %/yr AD
+    assert DEFAULT_ANNUAL_RATES["hippocampus"]["CN"] == pytest.approx(1.41)
+    assert DEFAULT_ANNUAL_RATES["hippocampus"]["AD"] == pytest.approx(4.66)
+    assert 1.41 < DEFAULT_ANNUAL_RATES["hippocampus"]["MCI"] < 4.66
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"diagnosis_proportions": {"CN": 1.0, "XX": 1.0}},
+        {"age_range": (90.0, 55.0)},
+        {"n_visits": (0, 3)},
+        {"grid_spacing_mm": 20.0},
+        {"field_spacing_mm": 0.1},
+        {"tumour_fraction": 1.5},
+        {"artefact_fraction": -0.1},
+        {"annual_rates": {"nonsense": {"CN": 1.0}}},
+        {"native_voxel_sizes": ((1.0, 1.0),)},
+        {"orientations": ("RRA",)},
+        {"n_jobs": 0},
+    ],
+)
+def test_invalid_values_are_refused(changes):
+    with pytest.raises(ValueError):
+        SimulationConfig(**changes)
+
+
+def test_unknown_field_in_dict_is_refused():
+    with pytest.raises(ValueError, match="unknown"):
+        SimulationConfig.from_dict({"not_a_field": 1})
+
+
+def test_every_parameter_is_documented_in_the_module_docstring():
+    doc = simulate.__doc__
+    missing = [f.name for f in dataclasses.fields(SimulationConfig) if f.name not in doc]
+    assert not missing, f"parameters missing from neurocast.simulate's docstring: {missing}"

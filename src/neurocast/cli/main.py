@@ -91,9 +91,11 @@ def validate(
 
 
 def _register_commands() -> None:
+    from neurocast.cli.registration_cmds import preprocess
     from neurocast.cli.simulate_cmd import simulate
 
     cli.add_command(simulate)
+    cli.add_command(preprocess)
 
 
 _register_commands()

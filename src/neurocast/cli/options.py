@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -59,3 +60,71 @@ def verbosity_options(f: F) -> F:
 def analysis_level(f: F) -> F:
     """The BIDS-App positional ``{participant,group}`` argument."""
     return click.argument("analysis_level", type=click.Choice(["participant", "group"]))(f)
+
+
+def execution_options(f: F) -> F:
+    """``--work-dir``, ``--n-workers``, ``--dask-scheduler``, ``--force``."""
+    f = click.option(
+        "--force", is_flag=True, help="Recompute outputs even where complete ones exist."
+    )(f)
+    f = click.option(
+        "--dask-scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Send participants to an existing Dask scheduler (e.g. tcp://host:8786).",
+    )(f)
+    f = click.option(
+        "--n-workers",
+        type=click.IntRange(1, 1024),
+        default=1,
+        show_default=True,
+        help="Participants processed in parallel (a local Dask cluster when > 1).",
+    )(f)
+    return click.option(
+        "--work-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder for temporary files (default: the system's temporary folder).",
+    )(f)
+
+
+def bids_app_arguments(f: F) -> F:
+    """``BIDS_DIR OUTPUT_DIR {participant,group}``."""
+    f = analysis_level(f)
+    f = click.argument("output_dir", type=click.Path(file_okay=False, path_type=Path))(f)
+    return click.argument("bids_dir", type=click.Path(path_type=Path))(f)
+
+
+def setup_run(output_dir: Path, n_threads: int | None, quiet: bool, verbose: bool) -> None:
+    """Thread counts, and logging to the terminal and to ``OUTPUT_DIR/logs/neurocast.log``."""
+    import logging
+
+    from neurocast.registration.threads import set_threads
+
+    set_threads(n_threads)
+    log_dir = output_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("neurocast")
+    logger.setLevel(logging.DEBUG)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+    fh = logging.FileHandler(log_dir / "neurocast.log", encoding="utf-8")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fh.setLevel(logging.DEBUG)
+    sh = logging.StreamHandler()
+    sh.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    sh.setLevel(logging.ERROR if quiet else (logging.DEBUG if verbose else logging.WARNING))
+    logger.addHandler(fh)
+    logger.addHandler(sh)
+
+
+def finish(summary: Any) -> None:
+    """Print a batch summary and exit 3 when a participant failed."""
+    import sys
+
+    click.echo(summary.line())
+    if summary.n_failed:
+        click.secho(
+            f"{summary.n_failed} participant(s) failed: see logs/failures.tsv", fg="red", err=True
+        )
+        sys.exit(3)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import pandas as pd
 from neurocast._version import __version__
 from neurocast.errors import OutputError
 from neurocast.io.atomic import (
+    atomic_path,
     write_json_atomic,
     write_nifti_atomic,
     write_text_atomic,
@@ -169,6 +170,19 @@ class DerivativesWriter:
     def write_text(self, relpath: str | os.PathLike[str], text: str, **prov: Any) -> Path:
         """Write a text output (e.g. HTML) and its provenance sidecar."""
         out = write_text_atomic(self.path(relpath), text)
+        return self._finish(out, provenance(**prov))
+
+    def write_with(
+        self, relpath: str | os.PathLike[str], writer: Callable[[Path], Any], **prov: Any
+    ) -> Path:
+        """Write an output with a function that writes to a given path (e.g. an ANTs transform).
+
+        ``writer(tmp_path)`` writes to a temporary path that is renamed onto the output once it
+        returns; the provenance sidecar follows (keywords as :func:`provenance`).
+        """
+        out = self.path(relpath)
+        with atomic_path(out) as tmp:
+            writer(tmp)
         return self._finish(out, provenance(**prov))
 
     def is_complete(

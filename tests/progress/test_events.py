@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tests.conftest import make_bids
 
 from neurocast.errors import InputError, InvalidTableError
 from neurocast.io.tables import read_table
@@ -19,7 +20,6 @@ from neurocast.progress.events import (
     read_events,
     validate_events,
 )
-from tests.conftest import make_bids
 
 
 def visits(rows: dict[str, list[tuple[float, str | None]]]) -> pd.DataFrame:
@@ -156,3 +156,25 @@ def test_read_events_fills_covariates_and_checks(tmp_path):
 def test_unknown_diagnosis_is_an_error():
     with pytest.raises(InputError):
         events_from_visits(visits({"sub-x": [(0.0, "MCI"), (1.0, "Dementia")]}))
+
+
+def test_survival_analysis_from_bids_sessions(tmp_path):
+    from neurocast.io.derivatives import DerivativesWriter
+    from neurocast.progress.analysis import survival_analysis
+
+    subs = {f"{i:02d}": ["bl", "m12", "m24"] for i in range(12)}
+    root = make_bids(tmp_path / "bids", subs)
+    for i, sub in enumerate(subs):
+        last = "AD" if i % 2 == 0 else "MCI"
+        mid = "AD" if i % 4 == 0 else "MCI"
+        write_sessions(root, sub, [("bl", "2020-01-01", "MCI"), ("m12", "2021-01-01", mid), ("m24", "2022-01-01", last)])
+    out = tmp_path / "out"
+    DerivativesWriter(out, source_datasets=[str(root)])  # the BIDS folder is found from here
+    rep = survival_analysis(out, features=["age"], forecast_features=None, kinds=("cox",), k=3)
+    ev = read_table(out / "group" / "survival" / "survival_events.tsv", "conversion_events")
+    assert len(ev) == 12 and ev["event"].sum() == 6
+    assert set(ev.loc[ev["event"] == 1, "duration_years"].round(3)) == {round(366 / 365.25, 3), round(731 / 365.25, 3)}
+    assert list(rep.concordance["feature_set"]) == ["baseline"]
+    assert "sessions.tsv diagnoses" in (out / "group" / "survival" / "survival_section.html").read_text()
+    with pytest.raises(InputError):
+        survival_analysis(tmp_path / "elsewhere", forecast_features=None)  # no BIDS dataset known

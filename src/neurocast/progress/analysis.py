@@ -315,7 +315,7 @@ def _concat_summaries(summaries: Sequence[pd.DataFrame]) -> pd.DataFrame:
 
 def _default_regions(ds: xr.Dataset, n: int = 6) -> list[str]:
     names = [str(r) for r in ds["region"].values]
-    first = C.match_regions(names, C.HIPPOCAMPUS_PATTERN) + C.ventricle_regions(names)
+    first = C.select_regions(names, C.HIPPOCAMPUS_PATTERN) + C.ventricle_regions(names)
     icv = C.icv_region(names)
     rest = [r for r in names if r not in first and r != icv]
     return (first + rest)[:n]
@@ -406,6 +406,9 @@ def survival_analysis(
     Raises:
         InputError: no BIDS dataset or events table, or too few events to fit.
     """
+    bad = [kd for kd in kinds if kd not in S.KINDS]
+    if bad or not kinds:
+        raise ValueError(f"kinds must be among {S.KINDS}, got {list(kinds)}")
     writer = DerivativesWriter(Path(output_dir))
     base = Path(html_base) if html_base is not None else writer.path(SURVIVAL_DIR)
     inputs: list[Path] = []
@@ -498,7 +501,7 @@ def survival_analysis(
             s["logrank_p"] = km.logrank["p"]
         ksum.append(s)
         fig = plot_survival_curves(km.curves, title=f"Time to {rules.get('transition', event)} by {col}"
-                                   + (f" (log-rank p = {km.logrank['p']:.3g})" if km.logrank else ""))
+                                   + (f"\n(log-rank p = {km.logrank['p']:.3g})" if km.logrank else ""))
         p = _write_figure(writer, d / f"survival_km_{col}.png", fig, prov)
         report.paths[f"km_{col}"] = p
         parts.append(_img(p, base, f"Kaplan–Meier curves by {col}"))

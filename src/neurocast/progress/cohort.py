@@ -106,13 +106,34 @@ def match_regions(names: Iterable[str], pattern: str, exclude: str | None = None
     return out
 
 
+HEMISPHERE_PATTERN = r"(^|[^a-z])(left|right|lh|rh)([^a-z]|$)"
+
+
+def without_composites(names: Sequence[str]) -> list[str]:
+    """Drop bilateral composites when their hemispheres are listed too (no double counting).
+
+    Atlases such as neurocast's default list ``Left-Hippocampus``, ``Right-Hippocampus`` *and*
+    the composite ``Hippocampus``; summing all three would count the volume twice. Where some of
+    ``names`` carry a hemisphere (left/right/lh/rh), only those are kept; otherwise all are.
+    """
+    lateral = [n for n in names if re.search(HEMISPHERE_PATTERN, str(n).lower().replace("_", " "))]
+    return lateral if lateral else list(names)
+
+
+def select_regions(names: Iterable[str], pattern: str, exclude: str | None = None) -> list[str]:
+    """The regions to sum for a structure: :func:`match_regions` then :func:`without_composites`."""
+    return without_composites(match_regions(names, pattern, exclude))
+
+
 def ventricle_regions(names: Iterable[str]) -> list[str]:
-    """The lateral-ventricle regions among ``names`` (see :data:`LATERAL_VENTRICLE_PATTERN`)."""
+    """The lateral-ventricle regions among ``names`` (see :data:`LATERAL_VENTRICLE_PATTERN`):
+    lateral ventricles and their inferior horns, left and right (composites dropped where the
+    hemispheres are listed), as FreeSurfer's TADPOLE ``Ventricles``."""
     names = list(names)
-    lat = match_regions(names, LATERAL_VENTRICLE_PATTERN, exclude=ICV_PATTERN)
+    lat = select_regions(names, LATERAL_VENTRICLE_PATTERN, exclude=ICV_PATTERN)
     if lat:
         return lat
-    return match_regions(names, ANY_VENTRICLE_PATTERN, exclude=NOT_LATERAL_PATTERN + "|" + ICV_PATTERN)
+    return select_regions(names, ANY_VENTRICLE_PATTERN, exclude=NOT_LATERAL_PATTERN + "|" + ICV_PATTERN)
 
 
 def icv_region(names: Iterable[str]) -> str | None:
@@ -231,7 +252,7 @@ def gather_forecasts(
     """
     if join not in ("exact", "outer"):
         raise ValueError(f"join must be 'exact' or 'outer', got {join!r}")
-    parts: dict[str, xr.Dataset] = {}
+    parts: dict[str, dict[str, Any]] = {}
     covs: dict[str, dict[str, Any]] = {}
     sources: dict[str, dict[str, Any]] = {}
     sdims = set()
@@ -243,12 +264,15 @@ def gather_forecasts(
         sdims.add(sdim)
         covs[pid] = {c: _covariate(ds, c) for c in COVARIATES}
         sources[pid] = {k: v for k, v in ds.attrs.items() if k not in COVARIATES and k != "participant_id"}
-        clean = ds[["volume", "baseline_volume"]]
-        clean = clean.drop_vars([c for c in clean.coords if c not in clean.dims])
-        clean = clean.assign_coords(region=[str(r) for r in clean["region"].values])
-        clean.attrs = {}
-        parts[pid] = clean
-        dtype = np.result_type(dtype, ds["volume"].dtype) if dtype is not None else ds["volume"].dtype
+        vol = ds["volume"].variable.transpose("horizon", "region", sdim)
+        parts[pid] = {
+            "volume": np.asarray(vol.values),
+            "baseline": np.asarray(ds["baseline_volume"].values),
+            "horizon": np.asarray(ds["horizon"].values, dtype=float),
+            "region": [str(r) for r in ds["region"].values],
+            "stoch": np.asarray(ds[sdim].values),
+        }
+        dtype = np.result_type(dtype, vol.dtype) if dtype is not None else vol.dtype
     if not parts:
         raise ValueError("no forecasts to gather")
     if len(sdims) > 1:
@@ -256,38 +280,55 @@ def gather_forecasts(
     sdim = sdims.pop()
     ids = sorted(parts)
     first = parts[ids[0]]
-    ref_regions = [str(r) for r in first["region"].values]
-    for pid in ids[1:]:
-        p = parts[pid]
-        regions = [str(r) for r in p["region"].values]
-        if join == "exact":
-            if set(regions) != set(ref_regions):
-                diff = sorted(set(regions) ^ set(ref_regions))
-                raise ValueError(f"{pid}: regions differ from {ids[0]}'s ({diff[:6]}); use join='outer'")
-            if not np.array_equal(np.asarray(p["horizon"].values, float), np.asarray(first["horizon"].values, float)):
-                raise ValueError(
-                    f"{pid}: horizons {p['horizon'].values} differ from {ids[0]}'s "
-                    f"{first['horizon'].values}; use join='outer'"
-                )
-            if sdim == "quantile" and not np.allclose(p["quantile"].values, first["quantile"].values):
-                raise ValueError(f"{pid}: quantile levels differ from {ids[0]}'s")
-            if sdim == "sample" and p.sizes["sample"] != first.sizes["sample"]:
-                raise ValueError(f"{pid}: {p.sizes['sample']} samples, {ids[0]} has {first.sizes['sample']}")
-            parts[pid] = p.reindex(region=ref_regions)
-    if join == "outer":
-        all_regions = list(ref_regions)
+    if join == "exact":
+        horizons, regions, stoch = first["horizon"], first["region"], first["stoch"]
         for pid in ids[1:]:
-            all_regions += [r for r in map(str, parts[pid]["region"].values) if r not in all_regions]
-        parts = {pid: p.reindex(region=all_regions) for pid, p in parts.items()}
-    cohort = xr.concat(
-        [parts[pid] for pid in ids],
-        dim=pd.Index(ids, name="subject"),
-        join="outer" if join == "outer" else "exact",
-        coords="minimal",
-        compat="override",
+            p = parts[pid]
+            if set(p["region"]) != set(regions):
+                diff = sorted(set(p["region"]) ^ set(regions))
+                raise ValueError(f"{pid}: regions differ from {ids[0]}'s ({diff[:6]}); use join='outer'")
+            if not np.array_equal(p["horizon"], horizons):
+                raise ValueError(
+                    f"{pid}: horizons {p['horizon']} differ from {ids[0]}'s {horizons}; use join='outer'"
+                )
+            if len(p["stoch"]) != len(stoch) or (sdim == "quantile" and not np.allclose(p["stoch"], stoch)):
+                what = "quantile levels" if sdim == "quantile" else "number of samples"
+                raise ValueError(f"{pid}: {what} differ from {ids[0]}'s")
+    else:
+        horizons = np.array(sorted({float(h) for p in parts.values() for h in p["horizon"]}))
+        regions = list(first["region"])
+        for pid in ids[1:]:
+            regions += [r for r in parts[pid]["region"] if r not in regions]
+        stoch = first["stoch"]
+        for pid in ids[1:]:
+            if len(parts[pid]["stoch"]) != len(stoch) or (
+                sdim == "quantile" and not np.allclose(parts[pid]["stoch"], stoch)
+            ):
+                raise ValueError(f"{pid}: {sdim} coordinates differ from {ids[0]}'s")
+    H, R, K = len(horizons), len(regions), len(stoch)
+    fill = np.nan if np.issubdtype(dtype, np.floating) else 0
+    vol = np.full((len(ids), H, R, K), fill, dtype=dtype)
+    base = np.full((len(ids), R), fill, dtype=dtype)
+    hpos = {float(h): i for i, h in enumerate(horizons)}
+    rpos = {r: j for j, r in enumerate(regions)}
+    for i, pid in enumerate(ids):
+        p = parts[pid]
+        hi = np.array([hpos[float(h)] for h in p["horizon"]])
+        ri = np.array([rpos[r] for r in p["region"]])
+        vol[i][np.ix_(hi, ri)] = p["volume"]
+        base[i, ri] = p["baseline"]
+    cohort = xr.Dataset(
+        {
+            "volume": (("subject", "horizon", "region", sdim), vol),
+            "baseline_volume": (("subject", "region"), base),
+        },
+        coords={
+            "subject": np.array(ids, dtype=str),
+            "horizon": horizons,
+            "region": np.array(regions, dtype=str),
+            sdim: stoch,
+        },
     )
-    cohort["volume"] = cohort["volume"].transpose("subject", "horizon", "region", sdim).astype(dtype)
-    cohort["baseline_volume"] = cohort["baseline_volume"].transpose("subject", "region").astype(dtype)
     cohort = _with_covariates(cohort, ids, covs)
     cohort = _annotate(cohort, sdim)
     prov = {
@@ -405,11 +446,14 @@ def _horizon_label(h: float) -> str:
 def _interp_horizon(ratio: xr.DataArray, horizon: float) -> xr.DataArray:
     """Linear interpolation of a volume ratio along ``horizon`` with ratio 1 at horizon 0."""
     h = np.asarray(ratio["horizon"].values, dtype=float)
-    if horizon < 0 or horizon > h.max() + 1e-9:
-        raise ValueError(f"horizon {horizon} outside the forecast's range (0, {h.max()}]")
-    zero = xr.ones_like(ratio.isel(horizon=0)).expand_dims(horizon=[0.0])
-    full = xr.concat([zero, ratio], dim="horizon")
-    return full.interp(horizon=horizon, method="linear")
+    if not 0 <= horizon <= h.max() + 1e-9:
+        raise ValueError(f"horizon {horizon} outside the forecast's range [0, {h.max()}]")
+    hh = np.r_[0.0, h]
+    j = int(np.clip(np.searchsorted(hh, horizon, side="right") - 1, 0, len(hh) - 2))
+    w = (horizon - hh[j]) / (hh[j + 1] - hh[j])
+    lo = xr.ones_like(ratio.isel(horizon=0, drop=True)) if j == 0 else ratio.isel(horizon=j - 1, drop=True)
+    hi = ratio.isel(horizon=j, drop=True)
+    return (1 - w) * lo + w * hi
 
 
 def forecast_features(
@@ -420,7 +464,8 @@ def forecast_features(
     """Forecast-derived features per subject, e.g. predicted 2-year hippocampal atrophy.
 
     For each feature ``name -> (region pattern, sign)``, the volumes of the matching regions are
-    summed (e.g. left + right hippocampus), the ratio to the summed baseline is interpolated
+    summed (e.g. left + right hippocampus; a bilateral composite is used only where the
+    hemispheres are not listed, see :func:`without_composites`), the ratio to the summed baseline is interpolated
     linearly to ``horizon`` (ratio 1 at horizon 0), averaged over samples (median over quantile
     levels) and given as ``sign * percent change``: the defaults give hippocampal atrophy (%
     lost, positive = shrinking) and lateral-ventricle expansion (% gained).
@@ -437,7 +482,7 @@ def forecast_features(
     sdim = ds.attrs.get("stochastic_dim") or stochastic_dim(ds)
     out = pd.DataFrame({"participant_id": [str(s) for s in ds["subject"].values]})
     for name, (pattern, sign) in features.items():
-        sel = ventricle_regions(regions) if pattern == LATERAL_VENTRICLE_PATTERN else match_regions(regions, pattern)
+        sel = ventricle_regions(regions) if pattern == LATERAL_VENTRICLE_PATTERN else select_regions(regions, pattern)
         if not sel:
             raise ValueError(f"feature {name}: no region matches {pattern!r} among {regions[:10]}...")
         vol = ds["volume"].sel(region=sel).sum("region", skipna=False)
@@ -507,7 +552,8 @@ LEVELS = (0.05, 0.5, 0.95)
 
 def _quantiles(da: xr.DataArray, sdim: str, levels: Sequence[float]) -> xr.DataArray:
     if sdim == "sample":
-        return da.quantile(list(levels), dim="sample").rename(quantile="level")
+        # skipna=False: vectorised (nanquantile loops per row); NaN only fills whole missing rows
+        return da.quantile(list(levels), dim="sample", skipna=False).rename(quantile="level")
     q = da["quantile"].values
     inside = [lv for lv in levels if q.min() - 1e-12 <= lv <= q.max() + 1e-12]
     res = da.interp(quantile=list(levels), method="linear")
@@ -779,7 +825,7 @@ def observed_trajectories(
         if (v["max"] - v["min"]).abs().max() > 1e-9:
             raise ValueError(f"{pid}: rows of one visit disagree on its time")
         sess = g.drop_duplicates("_visit_key").set_index("_visit_key")["session_id"]
-        visits[pid] = sorted(((float(v.loc[k, "min"]), str(k), sess.loc[k]) for k in v.index))
+        visits[pid] = sorted((float(v.loc[k, "min"]), str(k), sess.loc[k]) for k in v.index)
     n_vis = max(len(v) for v in visits.values())
     S, V, R = len(ids), n_vis, len(regions)
     vol = np.full((S, V, R), np.nan)

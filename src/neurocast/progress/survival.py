@@ -556,21 +556,22 @@ def kaplan_meier(
         kmf.fit(d[sel], e[sel])
         fitters[lab] = kmf
         sf = kmf.survival_function_.iloc[:, 0]
-        ci = kmf.confidence_interval_survival_function_
-        et = kmf.event_table
-        for t in sf.index:
-            curve_rows.append(
+        ci = kmf.confidence_interval_survival_function_.reindex(sf.index)
+        et = kmf.event_table.reindex(sf.index)
+        curve_rows.append(
+            pd.DataFrame(
                 {
                     "group": lab,
-                    "time_years": float(t),
-                    "survival": float(sf.loc[t]),
-                    "survival_lower": float(ci.loc[t].iloc[0]),
-                    "survival_upper": float(ci.loc[t].iloc[1]),
-                    "at_risk": int(et.loc[t, "at_risk"]),
-                    "events": int(et.loc[t, "observed"]),
-                    "censored": int(et.loc[t, "censored"]),
+                    "time_years": sf.index.to_numpy(dtype=float),
+                    "survival": sf.to_numpy(dtype=float),
+                    "survival_lower": ci.iloc[:, 0].to_numpy(dtype=float),
+                    "survival_upper": ci.iloc[:, 1].to_numpy(dtype=float),
+                    "at_risk": et["at_risk"].to_numpy(dtype=int),
+                    "events": et["observed"].to_numpy(dtype=int),
+                    "censored": et["censored"].to_numpy(dtype=int),
                 }
             )
+        )
         med = float(kmf.median_survival_time_)
         row = {
             "group": lab,
@@ -583,10 +584,8 @@ def kaplan_meier(
                 float(kmf.predict(t)) if t <= float(d[sel].max()) else None
             )
         summary_rows.append(row)
-    curves = pd.DataFrame(
-        curve_rows,
-        columns=["group", "time_years", "survival", "survival_lower", "survival_upper", "at_risk", "events", "censored"],
-    )
+    curve_cols = ["group", "time_years", "survival", "survival_lower", "survival_upper", "at_risk", "events", "censored"]
+    curves = pd.concat(curve_rows, ignore_index=True) if curve_rows else pd.DataFrame(columns=curve_cols)
     if group_col is not None:
         curves.insert(0, "grouping", group_col)
     summary = pd.DataFrame(summary_rows)

@@ -117,7 +117,7 @@ def plot_forest(
     groups = [g for g in group_cols if g in table.columns]
     t = table.dropna(subset=[estimate]).reset_index(drop=True)
     n = len(t)
-    fig = Figure(figsize=(6.5, 0.9 + 0.28 * max(n, 1)))
+    fig = Figure(figsize=(6.5, 0.9 + 0.28 * max(n, 1)), layout="constrained")
     ax = fig.subplots()
     keys = t[groups].astype(str).agg(" / ".join, axis=1) if groups else pd.Series([""] * n)
     uniq = list(dict.fromkeys(keys))
@@ -128,6 +128,7 @@ def plot_forest(
         ax.plot([row[estimate]], [y[i]], "o", color=col, ms=4.5)
     ax.axvline(reference, color="k", lw=0.8, ls="--")
     ax.set_xscale("log")
+    _log_ticks(ax, t[[lower, upper, estimate]].to_numpy(float), reference)
     labels = [f"{row[label_col]}" + (f"  [{keys[i]}]" if groups else "") for i, row in t.iterrows()]
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=7)
@@ -135,7 +136,6 @@ def plot_forest(
     ax.grid(alpha=0.3, axis="x")
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -147,7 +147,7 @@ def plot_concordance(table: pd.DataFrame, *, title: str | None = "Concordance (H
             ``concordance_cv_sd`` and optionally ``concordance_apparent``.
     """
     _need(table, ["feature_set", "model", "concordance_cv_mean", "concordance_cv_sd"])
-    fig = Figure(figsize=(6.0, 3.6))
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
     ax = fig.subplots()
     sets = list(dict.fromkeys(table["feature_set"].astype(str)))
     models = list(dict.fromkeys(table["model"].astype(str)))
@@ -169,7 +169,6 @@ def plot_concordance(table: pd.DataFrame, *, title: str | None = "Concordance (H
     ax.legend(fontsize=7, frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -215,7 +214,8 @@ def plot_group_trajectories(
                 cols = {k2: np.r_[0.0, v] for k2, v in cols.items()}
             col = _colour(i)
             nsub = int(c["n_subjects"].iloc[0]) if "n_subjects" in c.columns else None
-            ax.plot(h, cols["mean"], color=col, lw=1.8, label=f"{g}" + (f" (n={nsub})" if nsub else ""))
+            prefix = f"{c['grouping'].iloc[0]} = " if "grouping" in c.columns else ""
+            ax.plot(h, cols["mean"], color=col, lw=1.8, label=f"{prefix}{g}" + (f" (n={nsub})" if nsub else ""))
             ax.fill_between(h, cols["mean_lower"], cols["mean_upper"], color=col, alpha=0.3, lw=0)
             ax.fill_between(h, cols["band_lower"], cols["band_upper"], color=col, alpha=0.1, lw=0)
         ax.set_title(reg, fontsize=9)
@@ -229,7 +229,7 @@ def plot_group_trajectories(
         axes[0].legend(fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _grid_margins(fig, nrow)
     return fig
 
 
@@ -280,8 +280,31 @@ def plot_forecast_vs_observed(
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _grid_margins(fig, nrow)
     return fig
+
+
+def _log_ticks(ax, values: np.ndarray, reference: float) -> None:
+    """Readable ticks on a log axis: 1-2-5 steps inside the data range, no minor labels."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    v = values[np.isfinite(values) & (values > 0)]
+    lo, hi = (min(v.min(), reference), max(v.max(), reference)) if v.size else (0.5, 2.0)
+    cands = [m * 10.0**e for e in range(-3, 4) for m in (1, 2, 5)]
+    ticks = [c for c in cands if lo / 1.05 <= c <= hi * 1.05] or [reference]
+    if len(ticks) > 8:
+        ticks = [c for c in ticks if str(c).lstrip("0.").startswith("1")] or ticks[::2]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticklabels([f"{c:g}" for c in ticks], fontsize=7)
+
+
+def _grid_margins(fig: Figure, nrow: int) -> None:
+    """Fixed margins for panel grids (a layout engine costs seconds per figure)."""
+    h = fig.get_figheight()
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.55 / h, top=1 - 0.75 / h,
+                        wspace=0.38, hspace=0.75 / max(h / nrow, 1e-6) * 1.6)
 
 
 def _need(table: pd.DataFrame, cols: Sequence[str]) -> None:

@@ -39,6 +39,15 @@ def randomized(model: DiffusionBackbone, seed: int = 0) -> DiffusionBackbone:
     return model.eval()
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not suffer from a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny2d() -> DiffusionBackbone:
     torch.manual_seed(0)

@@ -35,7 +35,10 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "neurocast"
 @pytest.fixture
 def ckpt(tmp_path, tiny3d):
     return save_checkpoint(
-        tmp_path / "ckpt", tiny3d, seed=7, metrics={"val_loss": 0.25},
+        tmp_path / "ckpt",
+        tiny3d,
+        seed=7,
+        metrics={"val_loss": 0.25},
         data_summary={"n_subjects": 3, "inputs": ["a.nii.gz"]},
     )
 
@@ -117,7 +120,9 @@ def test_pickle_named_safetensors_is_refused_and_never_unpickled(ckpt, tmp_path)
         load_backbone(ckpt)
     # ...and with a card forged to match, the content check refuses it
     _rewrite_card_for(ckpt, "model.safetensors")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: not a safetensors file \(a pickle"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.safetensors: not a safetensors file \(a pickle"
+    ):
         load_backbone(ckpt)
     with pytest.raises(CheckpointError, match="pickle"):
         load_safetensors(f)
@@ -141,7 +146,7 @@ def test_torch_save_archive_is_refused(ckpt, tmp_path):
 def test_truncated_file_is_refused(ckpt, forge_card, keep):
     f = ckpt / "model.safetensors"
     data = f.read_bytes()
-    f.write_bytes(data[:keep] if keep > 0 else data[:keep])
+    f.write_bytes(data[:keep])
     if forge_card:
         _rewrite_card_for(ckpt, "model.safetensors")
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
@@ -198,8 +203,16 @@ def test_torch_load_is_used_nowhere():
     for py in SRC.rglob("*.py"):
         tree = ast.parse(py.read_text())
         for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and node.attr == "load" and getattr(node.value, "id", None) == "torch":
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr == "load"
+                and getattr(node.value, "id", None) == "torch"
+            ):
                 offenders.append(f"{py}:{node.lineno}")
-            if isinstance(node, ast.Attribute) and node.attr in ("loads", "load") and getattr(node.value, "id", None) == "pickle":
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("loads", "load")
+                and getattr(node.value, "id", None) == "pickle"
+            ):
                 offenders.append(f"{py}:{node.lineno}")
     assert not offenders, offenders

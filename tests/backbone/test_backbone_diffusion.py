@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ def test_ddim_timesteps_match_the_step_size(make_config):
         ts = sched.timesteps.tolist()
         ratio = cfg.num_train_timesteps // steps
         assert len(ts) == steps and ts[0] > cfg.num_train_timesteps - 1 - ratio
-        assert all(a - b == ratio for a, b in zip(ts, ts[1:], strict=False))
+        assert all(a - b == ratio for a, b in itertools.pairwise(ts))
         assert ts[-1] - ratio < 0  # the last step lands on the clean sample
 
 
@@ -65,7 +67,9 @@ def test_guidance_uncond_path_is_the_null_covariate_path(tiny2d):
     cond = torch.randn(2, 1, 16, 16)
     null = sample(tiny2d, condition=cond, covariates=None, seed=5)
     guided0 = sample(tiny2d, condition=cond, covariates=COV, guidance_scale=0.0, seed=5)
-    assert torch.allclose(null, guided0, rtol=1e-4, atol=1e-4)  # w = 0: out = out_uncond (all covariates null)
+    assert torch.allclose(
+        null, guided0, rtol=1e-4, atol=1e-4
+    )  # w = 0: out = out_uncond (all covariates null)
     cond_only = sample(tiny2d, condition=cond, covariates=COV, seed=5)
     guided1 = sample(tiny2d, condition=cond, covariates=COV, guidance_scale=1.0, seed=5)
     assert torch.equal(cond_only, guided1)
@@ -81,8 +85,15 @@ def test_guidance_needs_covariates(make_config, make_model):
 
 
 def test_intermediates_and_progress(tiny2d):
-    res = sample(tiny2d, condition=torch.randn(1, 1, 16, 16), covariates=COV, num_samples=2,
-                 num_inference_steps=5, return_intermediates=True, progress=True)
+    res = sample(
+        tiny2d,
+        condition=torch.randn(1, 1, 16, 16),
+        covariates=COV,
+        num_samples=2,
+        num_inference_steps=5,
+        return_intermediates=True,
+        progress=True,
+    )
     assert isinstance(res, SampleResult)
     assert res.samples.shape == (1, 2, 1, 16, 16)
     assert len(res.x0_predictions) == 5 == len(res.timesteps)
@@ -102,12 +113,23 @@ def test_reconstruct(tiny2d):
     x = torch.randn(2, 1, 16, 16)
     cond = torch.randn(2, 1, 16, 16)
     out = reconstruct(tiny2d, x, 0.4, condition=cond, covariates=COV, num_inference_steps=4, seed=0)
-    again = reconstruct(tiny2d, x, 0.4, condition=cond, covariates=COV, num_inference_steps=4, seed=0)
+    again = reconstruct(
+        tiny2d, x, 0.4, condition=cond, covariates=COV, num_inference_steps=4, seed=0
+    )
     assert out.shape == x.shape and torch.equal(out, again)
-    res = reconstruct(tiny2d, x[0], 0.4, condition=cond[0], covariates=COV, num_inference_steps=4,
-                      return_intermediates=True)
+    res = reconstruct(
+        tiny2d,
+        x[0],
+        0.4,
+        condition=cond[0],
+        covariates=COV,
+        num_inference_steps=4,
+        return_intermediates=True,
+    )
     assert res.samples.shape == x[0].shape and len(res.x0_predictions) == len(res.timesteps)
-    assert torch.allclose(res.samples, out[0], rtol=1e-4, atol=1e-4)  # same seed, same noise for item 0
+    assert torch.allclose(
+        res.samples, out[0], rtol=1e-4, atol=1e-4
+    )  # same seed, same noise for item 0
 
 
 def test_reconstruct_from_tiny_noise_stays_close(make_config, make_model):
@@ -127,10 +149,25 @@ def test_loss_for_each_prediction_type(make_config, make_model, prediction_type)
     net = make_model(cfg)
     net.train()
     g = torch.Generator().manual_seed(0)
-    loss = diffusion_loss(net, torch.randn(4, 1, 16, 16), make_train_scheduler(cfg),
-                          condition=torch.randn(4, 1, 16, 16), covariates=[COV] * 4, generator=g)
+    loss = diffusion_loss(
+        net,
+        torch.randn(4, 1, 16, 16),
+        make_train_scheduler(cfg),
+        condition=torch.randn(4, 1, 16, 16),
+        covariates=[COV] * 4,
+        generator=g,
+    )
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert all(p.grad is not None for p in net.parameters())  # nulls included: DDP-safe
     out = sample(net, condition=torch.randn(1, 1, 16, 16), covariates=COV, num_inference_steps=3)
     assert torch.isfinite(out).all()
+
+
+def test_channels_last_layout_gives_the_same_samples(tiny3d):
+    cond = torch.randn(2, 1, 9, 10, 11)
+    a = sample(tiny3d, condition=cond, covariates=COV, seed=2, channels_last=False)
+    b = sample(tiny3d, condition=cond, covariates=COV, seed=2, channels_last=True)
+    assert tiny3d.unet.conv_in.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+    assert b.is_contiguous()

@@ -82,7 +82,12 @@ def test_missing_covariates_work_and_change_the_output(tiny2d):
         {**COV_A, "age": float("nan")},  # NaN
     ]
     with torch.no_grad():
-        out = tiny2d(x[:1].expand(4, -1, -1, -1), t, condition=cond[:1].expand(4, -1, -1, -1), covariates=rows)
+        out = tiny2d(
+            x[:1].expand(4, -1, -1, -1),
+            t,
+            condition=cond[:1].expand(4, -1, -1, -1),
+            covariates=rows,
+        )
     assert torch.isfinite(out).all()
     assert not torch.allclose(out[0], out[1], atol=1e-6)  # missing differs from present
     assert torch.equal(out[1], out[2]) and torch.equal(out[1], out[3])  # None == absent == NaN
@@ -117,7 +122,8 @@ def test_drop_mask_equals_missing(tiny2d):
 
 def test_tabulate_forms_agree():
     enc = CovariateEncoder(
-        [CovariateSpec.continuous("age", 70, 8), CovariateSpec.categorical("apoe4", [0, 1, 2])], dim=4
+        [CovariateSpec.continuous("age", 70, 8), CovariateSpec.categorical("apoe4", [0, 1, 2])],
+        dim=4,
     )
     rows = enc.tabulate([{"age": 60, "apoe4": 2}, {"age": None, "apoe4": "1"}])
     cols = enc.tabulate({"age": [60, None], "apoe4": [2.0, 1]})
@@ -130,8 +136,11 @@ def test_tabulate_forms_agree():
 
 
 def test_condition_dropout_rate_as_configured():
-    specs = [CovariateSpec.continuous("a"), CovariateSpec.continuous("b", drop_prob=0.5),
-             CovariateSpec.categorical("c", ["x", "y"])]
+    specs = [
+        CovariateSpec.continuous("a"),
+        CovariateSpec.continuous("b", drop_prob=0.5),
+        CovariateSpec.categorical("c", ["x", "y"]),
+    ]
     enc = CovariateEncoder(specs, dim=4)
     g = torch.Generator().manual_seed(0)
     n = 40_000
@@ -147,8 +156,14 @@ def test_condition_dropout_rate_as_configured():
 
 def test_fit_covariates():
     specs = fit_covariates(
-        {"age": [60.0, 70.0, float("nan"), 80.0], "sex": ["M", "F", "n/a", "F"], "apoe4": [0, 2, 1, 1]},
-        continuous=["age"], categorical=["sex", "apoe4"], drop_prob={"age": 0.3},
+        {
+            "age": [60.0, 70.0, float("nan"), 80.0],
+            "sex": ["M", "F", "n/a", "F"],
+            "apoe4": [0, 2, 1, 1],
+        },
+        continuous=["age"],
+        categorical=["sex", "apoe4"],
+        drop_prob={"age": 0.3},
     )
     age, sex, apoe = specs
     assert age.mean == pytest.approx(70.0) and age.std == pytest.approx(8.16496, rel=1e-4)
@@ -158,8 +173,13 @@ def test_fit_covariates():
 
 # --------------------------------------------------------------------------- config
 def test_config_json_round_trip(make_config):
-    cfg = make_config(3, prediction_type="v_prediction", num_res_blocks=(1, 2), clip_sample=3.0,
-                      extra={"grid_mm": 8})
+    cfg = make_config(
+        3,
+        prediction_type="v_prediction",
+        num_res_blocks=(1, 2),
+        clip_sample=3.0,
+        extra={"grid_mm": 8},
+    )
     text = cfg.to_json()
     back = BackboneConfig.from_json(text)
     assert back == cfg
@@ -175,7 +195,10 @@ def test_config_json_round_trip(make_config):
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"cond_drop_prob": 1.5}, "cond_drop_prob"),
         ({"vector_injection": "cross_attention"}, "attention_levels"),
-        ({"covariates": (CovariateSpec.continuous("a"), CovariateSpec.continuous("a"))}, "duplicate"),
+        (
+            {"covariates": (CovariateSpec.continuous("a"), CovariateSpec.continuous("a"))},
+            "duplicate",
+        ),
         ({"covariates": (CovariateSpec.continuous("a", std=0.0),)}, "std"),
     ],
 )

@@ -120,7 +120,13 @@ def _sniff_safetensors(path: Path) -> None:
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc})") from exc
     n = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else None
-    if n is not None and len(head) >= 9 and n <= _MAX_HEADER and 8 + n <= size and head[8:9] == b"{":
+    if (
+        n is not None
+        and len(head) >= 9
+        and n <= _MAX_HEADER
+        and 8 + n <= size
+        and head[8:9] == b"{"
+    ):
         return
     if head[:2] == b"PK":
         why = "a zip archive, as torch.save writes (it holds a pickle)"
@@ -138,7 +144,9 @@ def _sniff_safetensors(path: Path) -> None:
     )
 
 
-def load_safetensors(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def load_safetensors(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     """Read a safetensors file into a dict of tensors; anything else is a ``CheckpointError``.
 
     Never unpickles: the first bytes are checked, then the safetensors parser (which only reads a
@@ -184,7 +192,9 @@ def _flatten_optimizer(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], 
     return tensors, {"state": state, "param_groups": sd["param_groups"]}
 
 
-def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], structure: Mapping[str, Any]) -> dict[str, Any]:
+def _unflatten_optimizer(
+    tensors: Mapping[str, torch.Tensor], structure: Mapping[str, Any]
+) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for idx, entry in structure["state"].items():
         st: dict[str, Any] = {}
@@ -298,9 +308,7 @@ def save_checkpoint(
         data_hash = data_sha256 or summary.get("sha256")
         hash_of = "data"
         if data_hash is None and summary:
-            data_hash = hashlib.sha256(
-                json.dumps(summary, sort_keys=True).encode()
-            ).hexdigest()
+            data_hash = hashlib.sha256(json.dumps(summary, sort_keys=True).encode()).hexdigest()
             hash_of = "summary"
         card = {
             "format": FORMAT,
@@ -392,7 +400,9 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return card
 
 
-def config_from_card(card: Mapping[str, Any], where: str | os.PathLike[str] = CARD) -> BackboneConfig:
+def config_from_card(
+    card: Mapping[str, Any], where: str | os.PathLike[str] = CARD
+) -> BackboneConfig:
     """The :class:`BackboneConfig` stored in a model card (``CheckpointError`` if invalid)."""
     try:
         return BackboneConfig.from_dict(dict(card["config"]))
@@ -414,14 +424,15 @@ def load_state_into(model: torch.nn.Module, file: str | os.PathLike[str]) -> Non
     ]
     if missing or unexpected or shape:
         parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", shape)):
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", shape),
+        ):
             if items:
                 more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
                 parts.append(f"{label} [{len(items)}]: " + ", ".join(items[:8]) + more)
-        raise CheckpointError(
-            f"{f}: weights do not match the model config: " + "; ".join(parts)
-        )
+        raise CheckpointError(f"{f}: weights do not match the model config: " + "; ".join(parts))
     model.load_state_dict(tensors, strict=True)
 
 
@@ -473,7 +484,9 @@ def load_training_state(
     if cfg != model.config:
         mine, theirs = model.config.to_dict(), cfg.to_dict()
         diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-        raise CheckpointError(f"{p / CARD}: config differs from the model's in {diff}; cannot resume")
+        raise CheckpointError(
+            f"{p / CARD}: config differs from the model's in {diff}; cannot resume"
+        )
     for needed in (RAW_FILE, OPTIMIZER_FILE, STATE_TENSORS_FILE, STATE_JSON_FILE):
         if needed not in card["files"]:
             raise CheckpointError(f"{p}: not a training checkpoint (no {needed}); cannot resume")
@@ -494,14 +507,18 @@ def load_training_state(
         try:
             optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, sj["optimizer"]))
         except (KeyError, ValueError) as exc:
-            raise CheckpointError(f"{p / OPTIMIZER_FILE}: optimizer state does not fit ({exc})") from exc
+            raise CheckpointError(
+                f"{p / OPTIMIZER_FILE}: optimizer state does not fit ({exc})"
+            ) from exc
     rng_t = load_safetensors(p / STATE_TENSORS_FILE)
     rng_j = sj.get("rng") or {}
     global_rng = None
     if "rng.torch_cpu" in rng_t:
         global_rng = {
             "torch_cpu": rng_t["rng.torch_cpu"],
-            "torch_cuda": [rng_t[f"rng.torch_cuda.{i}"] for i in range(int(rng_j.get("n_cuda", 0)))],
+            "torch_cuda": [
+                rng_t[f"rng.torch_cuda.{i}"] for i in range(int(rng_j.get("n_cuda", 0)))
+            ],
             "numpy": {**rng_j["numpy"], "keys": rng_t["rng.numpy_keys"]},
             "python": rng_j["python"],
         }

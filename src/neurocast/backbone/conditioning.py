@@ -18,7 +18,7 @@ raw (not normalised), categorical values as category indices, NaN for missing.
 
 Example:
     >>> import torch
-    >>> from neurocast.backbone.config import CovariateSpec
+    >>> from neurocast.backbone.config import CovariateSpec, _category_key
     >>> from neurocast.backbone.conditioning import CovariateEncoder
     >>> enc = CovariateEncoder([CovariateSpec.continuous("age", 70, 8),
     ...                         CovariateSpec.categorical("sex", ["F", "M"])], dim=16)
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neurocast.backbone.config import CovariateSpec
+from neurocast.backbone.config import CovariateSpec, _category_key
 
 CovariateValues = torch.Tensor | Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 """What the model accepts as covariates: an encoded ``(B, n)`` tensor, one mapping (name -> value,
@@ -80,7 +80,9 @@ class CovariateEncoder(nn.Module):
         # one learned null embedding per covariate (row i = covariate i)
         self.null = nn.Parameter(torch.randn(len(self.specs), dim) * 0.02)
         self.register_buffer(
-            "_mean", torch.tensor([s.mean for s in self.specs], dtype=torch.float32), persistent=False
+            "_mean",
+            torch.tensor([s.mean for s in self.specs], dtype=torch.float32),
+            persistent=False,
         )
         self.register_buffer(
             "_std", torch.tensor([s.std for s in self.specs], dtype=torch.float32), persistent=False
@@ -109,7 +111,9 @@ class CovariateEncoder(nn.Module):
             if t.ndim == 1:
                 t = t.unsqueeze(0)
             if t.ndim != 2 or t.shape[1] != n:
-                raise ValueError(f"encoded covariates must have shape (B, {n}), got {tuple(t.shape)}")
+                raise ValueError(
+                    f"encoded covariates must have shape (B, {n}), got {tuple(t.shape)}"
+                )
             if batch_size is not None and t.shape[0] == 1 and batch_size > 1:
                 t = t.expand(batch_size, n)
             return t.contiguous()
@@ -128,7 +132,13 @@ class CovariateEncoder(nn.Module):
                 m = lengths.pop()
                 rows = [
                     {
-                        k: (v if isinstance(v, str) or _is_scalar_array(v) or not hasattr(v, "__len__") else v[i])
+                        k: (
+                            v
+                            if isinstance(v, str)
+                            or _is_scalar_array(v)
+                            or not hasattr(v, "__len__")
+                            else v[i]
+                        )
                         for k, v in covariates.items()
                     }
                     for i in range(m)
@@ -210,7 +220,9 @@ class CovariateEncoder(nn.Module):
         null rate of covariate ``j`` is ``1 - (1 - p_j) * (1 - drop_all_prob)``.
         """
         n = len(self.specs)
-        dev = device if device is not None else (generator.device if generator is not None else "cpu")
+        dev = (
+            device if device is not None else (generator.device if generator is not None else "cpu")
+        )
         p = torch.tensor(
             [s.drop_prob if s.drop_prob is not None else drop_prob for s in self.specs],
             dtype=torch.float32,
@@ -229,8 +241,12 @@ class CovariateEncoder(nn.Module):
                 out.append({"name": s.name, "kind": s.kind, "mean": s.mean, "std": s.std})
             else:
                 out.append(
-                    {"name": s.name, "kind": s.kind, "categories": list(s.categories),
-                     "index": {str(c): i for i, c in enumerate(s.categories)}}
+                    {
+                        "name": s.name,
+                        "kind": s.kind,
+                        "categories": list(s.categories),
+                        "index": {str(c): i for i, c in enumerate(s.categories)},
+                    }
                 )
         return out
 
@@ -273,8 +289,6 @@ def fit_covariates(
         vals = [v for v in list(columns[name]) if not _is_missing(v)]
         if not vals:
             raise ValueError(f"covariate {name!r}: no values to fit")
-        from neurocast.backbone.config import _category_key
-
         seen: dict[str, Any] = {}
         for v in vals:
             v = v.item() if hasattr(v, "item") else v

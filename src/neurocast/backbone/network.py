@@ -86,6 +86,7 @@ class DiffusionBackbone(nn.Module):
         )
         self.covariate_encoder: CovariateEncoder | None = None
         self.vector_proj: nn.Module | None = None
+        self._channels_last = False
         if has_cov:
             self.covariate_encoder = CovariateEncoder(cfg.covariates, cfg.covariate_embed_dim)
             if cross:
@@ -105,11 +106,28 @@ class DiffusionBackbone(nn.Module):
         """Whether the model takes covariates (and so supports classifier-free guidance)."""
         return self.covariate_encoder is not None
 
+    def use_channels_last(self, enabled: bool = True) -> DiffusionBackbone:
+        """Switch a 3-D network to (or from) the channels-last memory format.
+
+        oneDNN's 3-D convolutions on CPU run about 30 % faster on channels-last tensors (measured in
+        ``benchmarks/backbone.md``). Values are unchanged; results may differ from the default
+        layout in the last bits. :func:`~neurocast.backbone.diffusion.sample` turns it on for 3-D
+        models on CPU. Returns ``self``.
+        """
+        if self.config.spatial_dims != 3:
+            return self
+        fmt = torch.channels_last_3d if enabled else torch.contiguous_format
+        self.to(memory_format=fmt)
+        self._channels_last = bool(enabled)
+        return self
+
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def encode_covariates(self, covariates: CovariateValues, batch_size: int) -> torch.Tensor | None:
+    def encode_covariates(
+        self, covariates: CovariateValues, batch_size: int
+    ) -> torch.Tensor | None:
         """Covariates as the encoded ``(B, n)`` float tensor on the model's device (``None`` if the
         model has no covariates; passing covariates to such a model raises ``ValueError``)."""
         if self.covariate_encoder is None:
@@ -175,12 +193,16 @@ class DiffusionBackbone(nn.Module):
             h = torch.cat([x, condition.to(dtype=x.dtype, device=x.device)], dim=1)
         else:
             if condition is not None:
-                raise ValueError("this backbone takes no condition image (image_condition_channels=0)")
+                raise ValueError(
+                    "this backbone takes no condition image (image_condition_channels=0)"
+                )
             h = x
         timesteps = torch.as_tensor(timesteps, device=x.device)
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(b)
         h = self._pad(h)
+        if self._channels_last:
+            h = h.contiguous(memory_format=torch.channels_last_3d)
 
         context = class_labels = None
         values = self.encode_covariates(covariates, b)
@@ -192,7 +214,7 @@ class DiffusionBackbone(nn.Module):
             else:
                 class_labels = self.vector_proj(tokens.flatten(1))
         out = self.unet(h, timesteps, context=context, class_labels=class_labels)
-        return out[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+        return out[(slice(None), slice(None), *(slice(0, s) for s in spatial))].contiguous()
 
     def _pad(self, h: torch.Tensor) -> torch.Tensor:
         m = self.config.size_multiple

@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -90,7 +91,12 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             continue
         if any(v is None for v in vals):
             raise ValueError(f"some items have {key!r} and some do not")
-        batch[key] = torch.stack([torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).float() for v in vals])
+        batch[key] = torch.stack(
+            [
+                torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).float()
+                for v in vals
+            ]
+        )
     if "target" not in batch:
         raise ValueError("dataset items need a 'target'")
     covs = [it.get("covariates") for it in items]
@@ -117,8 +123,6 @@ class _SkipSampler(Sampler[int]):
 
 def _dataset_fingerprint(dataset: Dataset) -> tuple[str, dict[str, Any]]:
     """sha256 over every item's tensors and covariates, and a small summary of the data."""
-    import hashlib
-
     h = hashlib.sha256()
     n = len(dataset)  # type: ignore[arg-type]
     shapes: dict[str, list[int]] = {}
@@ -138,7 +142,12 @@ def _dataset_fingerprint(dataset: Dataset) -> tuple[str, dict[str, Any]]:
             if isinstance(c, torch.Tensor):
                 h.update(np.asarray(c, dtype=np.float32).tobytes())
             else:
-                h.update(json.dumps({k: (None if v is None else str(v)) for k, v in dict(c).items()}, sort_keys=True).encode())
+                h.update(
+                    json.dumps(
+                        {k: (None if v is None else str(v)) for k, v in dict(c).items()},
+                        sort_keys=True,
+                    ).encode()
+                )
     return h.hexdigest(), {"n_items": n, "shapes": shapes}
 
 
@@ -190,7 +199,9 @@ def _dist_env() -> tuple[int, int, int]:
     )
 
 
-def _amp_settings(device: torch.device, mixed_precision: MixedPrecision) -> tuple[torch.dtype | None, bool]:
+def _amp_settings(
+    device: torch.device, mixed_precision: MixedPrecision
+) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, use GradScaler)."""
     if device.type != "cuda" or mixed_precision == "no":
         if mixed_precision in ("bf16", "fp16") and device.type != "cuda":
@@ -220,7 +231,7 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _global_rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002 - saving the legacy global state on purpose
     return {
         "torch_cpu": torch.get_rng_state(),
         "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -241,8 +252,14 @@ def _set_global_rng_state(state: Mapping[str, Any]) -> None:
         cuda = list(state["torch_cuda"])[: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(cuda)
     npst = state["numpy"]
-    np.random.set_state(
-        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    np.random.set_state(  # noqa: NPY002 - restoring the legacy global state on purpose
+        (
+            npst["kind"],
+            npst["keys"].numpy().astype(np.uint32),
+            npst["pos"],
+            npst["has_gauss"],
+            npst["cached_gaussian"],
+        )
     )
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
@@ -397,7 +414,11 @@ def train(
         out_path.mkdir(parents=True, exist_ok=True)
         mpath = out_path / "metrics.jsonl"
         if resume_from is not None and mpath.exists():  # drop lines after the resumed step
-            kept = [ln for ln in mpath.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            kept = [
+                ln
+                for ln in mpath.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= step
+            ]
             mpath.write_text("".join(k + "\n" for k in kept))
         elif resume_from is None and mpath.exists():
             mpath.unlink()
@@ -437,15 +458,23 @@ def train(
                 raw_model=model,
                 optimizer=optimizer,
                 training_state=TrainingState(
-                    step=step, epoch=epoch, batch_in_epoch=batch_in_epoch,
+                    step=step,
+                    epoch=epoch,
+                    batch_in_epoch=batch_in_epoch,
                     scaler=scaler.state_dict() if use_scaler else {},
                     noise_generator=noise_gen.get_state(),
                     global_rng=_global_rng_state(),
                     ema_n_averaged=int(ema.n_averaged.item()),
-                    hyper={"lr": lr, "weight_decay": weight_decay, "betas": list(betas),
-                           "warmup_steps": warmup_steps, "grad_clip": grad_clip,
-                           "batch_size": batch_size, "total_steps": total_steps,
-                           "mixed_precision": str(amp_dtype) if amp_dtype else "fp32"},
+                    hyper={
+                        "lr": lr,
+                        "weight_decay": weight_decay,
+                        "betas": list(betas),
+                        "warmup_steps": warmup_steps,
+                        "grad_clip": grad_clip,
+                        "batch_size": batch_size,
+                        "total_steps": total_steps,
+                        "mixed_precision": str(amp_dtype) if amp_dtype else "fp32",
+                    },
                 ),
                 seed=seed,
                 data_summary=summary,
@@ -491,7 +520,9 @@ def train(
                 scaler.scale(loss).backward()
                 if grad_clip is not None:
                     scaler.unscale_(optimizer)
-                    last_grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+                    last_grad_norm = float(
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    )
                 scaler.step(optimizer)
                 scaler.update()
                 ema.update_parameters(model)

@@ -6,9 +6,10 @@
    over both hippocampi. Published values: Barnes et al. 2009 (Neurobiol Aging 30:1711-1723,
    meta-analysis): controls 1.41 %/yr (95 % CI 0.52-2.30), AD 4.66 %/yr (3.92-5.40); MCI: Jack et
    al. 2000 (Neurology 55:484-489) 2.55 %/yr in stable MCI, higher in those who declined.
-   Ventricular expansion and whole-brain atrophy are reported beside them.
+   Amygdala, grey matter, white matter and whole-brain atrophy (%/yr loss) and lateral-ventricle expansion (%/yr
+   growth) are reported beside them.
 2. ``benchmarks/simulate_trajectories.png``: regional volume (% of baseline) against time for
-   hippocampus, amygdala, cortex and lateral ventricles, one line per subject, coloured by
+   hippocampus, amygdala, grey matter and lateral ventricles, one line per subject, coloured by
    baseline diagnosis.
 3. ``benchmarks/simulate_ad_mosaic.png``: the raw visits of one AD subject (three planes, images
    reoriented to RAS for display only) and the template-space clean images with the true volume
@@ -47,32 +48,39 @@ PUBLISHED_HIPPOCAMPUS = {
 COLOURS = {"CN": "tab:green", "MCI": "tab:orange", "AD": "tab:red"}
 
 
+REGIONS = {
+    # summary region -> atlas region name (composite regions of the default neurocast atlas)
+    "hippocampus": "Hippocampus",
+    "amygdala": "Amygdala",
+    "grey_matter": "Grey-Matter",
+    "white_matter": "White-Matter",
+    "whole_brain": "Brain-Parenchyma",
+    "lateral_ventricles": "Lateral-Ventricles",
+}
+
+
 def group_volumes(volumes: pd.DataFrame, visits: pd.DataFrame) -> pd.DataFrame:
-    """Per visit: volume of each region group (sum over its regions), ratio to baseline, time."""
-    g = volumes.dropna(subset=["group"]).groupby(["participant_id", "session_id", "group"], as_index=False)["volume_mm3"].sum()
-    lat = volumes[volumes.region.str.contains("Lateral-Vent|Lateral_Vent|lateral ventricle", case=False, regex=True)
-                  & ~volumes.region.str.contains("Inf", case=True)]
-    lat = lat.groupby(["participant_id", "session_id"], as_index=False)["volume_mm3"].sum().assign(group="lateral_ventricles")
-    brain = volumes[volumes.group.notna() & (volumes.group != "ventricles")]
-    brain = brain.groupby(["participant_id", "session_id"], as_index=False)["volume_mm3"].sum().assign(group="whole_brain")
-    g = pd.concat([g, lat, brain], ignore_index=True)
+    """Per visit: volume of each summary region, its ratio to baseline, and the visit time."""
+    names = {v: k for k, v in REGIONS.items()}
+    g = volumes[volumes.region.isin(names)].assign(group=lambda d: d.region.map(names))
+    g = g[["participant_id", "session_id", "group", "volume_mm3", "ratio_to_baseline"]]
     g = g.merge(visits[["participant_id", "session_id", "time_years", "visit_index"]], on=["participant_id", "session_id"])
-    base = g[g.visit_index == 0].set_index(["participant_id", "group"])["volume_mm3"]
-    g["ratio"] = g.volume_mm3 / base.reindex(pd.MultiIndex.from_frame(g[["participant_id", "group"]])).to_numpy()
-    return g
+    return g.rename(columns={"ratio_to_baseline": "ratio"})
 
 
 def annual_rates(g: pd.DataFrame, subjects: pd.DataFrame) -> pd.DataFrame:
     """Annualised percent change per subject and group, from the first and last visit."""
     last = g.sort_values("time_years").groupby(["participant_id", "group"]).tail(1)
     last = last[last.time_years > 0]
-    last = last.assign(pct_per_year=100.0 * (1.0 - last.ratio ** (1.0 / last.time_years)))
+    loss = 100.0 * (1.0 - last.ratio ** (1.0 / last.time_years))
+    expanding = last.group == "lateral_ventricles"
+    last = last.assign(pct_per_year=np.where(expanding, -loss, loss))  # ventricles: expansion %/yr
     return last.merge(subjects[["participant_id", "diagnosis", "event_observed"]], on="participant_id")
 
 
 def trajectories_figure(g: pd.DataFrame, subjects: pd.DataFrame, path: Path) -> None:
     dx = subjects.set_index("participant_id").diagnosis
-    panels = [("hippocampus", "Hippocampus"), ("amygdala", "Amygdala"), ("cortex", "Cortex"),
+    panels = [("hippocampus", "Hippocampus"), ("amygdala", "Amygdala"), ("grey_matter", "Grey matter"),
               ("lateral_ventricles", "Lateral ventricles")]
     fig, axes = plt.subplots(1, 4, figsize=(16, 4))
     for ax, (group, title) in zip(axes, panels, strict=True):
@@ -97,7 +105,8 @@ def ad_mosaic(root: Path, subjects: pd.DataFrame, visits: pd.DataFrame, path: Pa
     ad = subjects[subjects.diagnosis == "AD"]
     if ad.empty:
         ad = subjects
-    pid = ad.sort_values("n_visits", ascending=False).participant_id.iloc[0]
+    ad = ad.assign(head=~ad.skull_stripped.astype(bool))  # prefer a whole-head subject
+    pid = ad.sort_values(["n_visits", "head"], ascending=False).participant_id.iloc[0]
     rows = visits[visits.participant_id == pid].sort_values("time_years")
     truth = root / "derivatives" / "neurocast-truth"
     fig, axes = plt.subplots(len(rows), 5, figsize=(17, 3.4 * len(rows)))
@@ -115,13 +124,12 @@ def ad_mosaic(root: Path, subjects: pd.DataFrame, visits: pd.DataFrame, path: Pa
         for j, (sl, asp) in enumerate(views):
             axes[r, j].imshow(sl, origin="lower", cmap="gray", vmin=0, vmax=hi, aspect=asp)
             axes[r, j].axis("off")
-        axes[r, 0].set_title(f"{pid} {row.session_id}: t = {row.time_years:.2f} y, {row.diagnosis}, "
+        axes[r, 0].set_title(f"{pid} {row.session_id}: t = {row.time_years:.2f} y, {row.diagnosis}\n"
                              f"raw {row.voxel_size_mm} mm, stored {stored}", fontsize=8, loc="left")
         folder = truth / pid / row.session_id / "anat"
         clean = np.asarray(nib.load(str(next(folder.glob("*desc-clean_T1w.nii.gz")))).dataobj)
         jac = np.asarray(nib.load(str(next(folder.glob("*desc-jacobian_map.nii.gz")))).dataobj)
-        zc = int(np.argmax((clean > 0).sum(axis=(0, 1))) * 0.9)
-        zc = clean.shape[2] // 2 - 6
+        zc = clean.shape[2] // 2 - 6  # through the lateral ventricles and the temporal lobes
         axes[r, 3].imshow(clean[:, :, zc].T, origin="lower", cmap="gray")
         axes[r, 3].set_title("template space, clean (truth)", fontsize=8)
         axes[r, 3].axis("off")
@@ -161,7 +169,7 @@ def main() -> None:
     for dx in ("CN", "MCI", "AD"):
         r = rates[rates.diagnosis == dx]
         entry = {"n": int(r.participant_id.nunique())}
-        for group in ("hippocampus", "amygdala", "cortex", "whole_brain", "lateral_ventricles"):
+        for group in REGIONS:
             v = r[r.group == group].pct_per_year
             entry[group] = {"mean": round(float(v.mean()), 2), "sd": round(float(v.std(ddof=1)), 2)} if len(v) else None
         entry["hippocampus_published"] = PUBLISHED_HIPPOCAMPUS[dx]

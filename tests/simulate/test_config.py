@@ -21,7 +21,7 @@ def test_default_hippocampal_rates_are_the_published_ones():
     # Barnes et al. 2009 meta-analysis: 1.41 %/yr controls, 4.66 %/yr AD
     assert DEFAULT_ANNUAL_RATES["hippocampus"]["CN"] == pytest.approx(1.41)
     assert DEFAULT_ANNUAL_RATES["hippocampus"]["AD"] == pytest.approx(4.66)
-    assert 1.41 < DEFAULT_ANNUAL_RATES["hippocampus"]["MCI"] < 4.66
+    assert DEFAULT_ANNUAL_RATES["hippocampus"]["MCI"] == pytest.approx(2.55)  # Jack et al. 2000, stable MCI
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,13 @@ def test_every_parameter_is_documented_in_the_module_docstring():
     doc = simulate.__doc__
     missing = [f.name for f in dataclasses.fields(SimulationConfig) if f.name not in doc]
     assert not missing, f"parameters missing from neurocast.simulate's docstring: {missing}"
+
+
+def test_refuses_a_folder_that_is_not_a_simulation(tmp_path):
+    from neurocast.errors import OutputError
+    from neurocast.simulate import simulate_cohort
+
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not empty"):
+        simulate_cohort(tmp_path, 1, seed=0, progress=False)
+    assert (tmp_path / "precious.txt").read_text() == "keep me"

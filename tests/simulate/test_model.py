@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 
 import numpy as np
@@ -11,7 +12,12 @@ import torch
 
 from neurocast.registration.deformation import coarse_shape, volume_change_map
 from neurocast.simulate import SimulationConfig
-from neurocast.simulate.conversion import Conversion, assign_visit_states, draw_conversion, weibull_scale
+from neurocast.simulate.conversion import (
+    Conversion,
+    assign_visit_states,
+    draw_conversion,
+    weibull_scale,
+)
 from neurocast.simulate.fields import calibrated_velocity, poisson_neumann
 from neurocast.simulate.progression import draw_rates, time_warp
 from neurocast.simulate.subjects import baseline_diagnosis, draw_subject
@@ -42,7 +48,7 @@ def test_visits_are_irregular_ordered_and_match_their_dates():
         assert CFG.n_visits[0] <= len(s.visits) <= CFG.n_visits[1]
         assert 55 <= s.age <= 90
         times = [v.time_years for v in s.visits]
-        assert times[0] == 0 and all(b > a for a, b in zip(times, times[1:], strict=False))
+        assert times[0] == 0 and all(b > a for a, b in itertools.pairwise(times))
         assert times[-1] <= CFG.max_followup_years + 0.05
         t0 = dt.datetime.fromisoformat(s.visits[0].acq_time)
         for v in s.visits:
@@ -133,3 +139,13 @@ def test_calibrated_velocity_realises_regional_volume_changes_on_a_coarse_field(
         realised = math.log(jac[mask].mean())
         assert realised == pytest.approx(targets[name], abs=0.006), name
     assert torch.isfinite(v).all()
+
+
+def test_group_mean_rates_are_the_configured_ones():
+    cfg = SimulationConfig()
+    rates = {"CN": [], "MCI": [], "AD": []}
+    for i in range(3000):
+        s = draw_subject(8, i, 3000, cfg)
+        rates[s.diagnosis].append(draw_rates(8, s, cfg).percent_per_year["hippocampus"])
+    for dx, values in rates.items():
+        assert np.mean(values) == pytest.approx(cfg.annual_rates["hippocampus"][dx], rel=0.05), dx

@@ -69,9 +69,11 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
 * Annual volume loss of region group *g* (hippocampus, amygdala, cortex, white matter, deep grey
   matter, cerebellum, brainstem; ventricles expand):
   ``r_g = annual_rates[g][dx] * exp(age_effect_per_decade[dx] * (age - reference_age) / 10
-  + apoe4_rate_effect * apoe4 + female_rate_effect * female + b + e_g)`` with the subject random
-  effect ``b ~ normal(0, subject_rate_sd)`` shared by all regions and ``e_g ~ normal(0,
-  region_rate_sd)``.
+  + apoe4_rate_effect * (apoe4 - mean apoe4 of dx) + female_rate_effect * (female -
+  female_fraction) + b + e_g - (subject_rate_sd^2 + region_rate_sd^2) / 2)`` with the subject
+  random effect ``b ~ normal(0, subject_rate_sd)`` shared by all regions and ``e_g ~ normal(0,
+  region_rate_sd)``; the centring keeps the mean rate of a group that does not convert at
+  ``annual_rates[g][dx]``.
 * One stationary velocity ``v`` per subject (on the coarse field grid, ``field_spacing_mm``)
   realises these rates: for the map ``exp(-v)`` whose Jacobian is the volume change of baseline
   tissue, ``log J ~ -div v``. We take ``v = grad psi`` and solve the Poisson equation
@@ -98,7 +100,7 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
   probability ``annual_conversion_probability`` (CN->MCI, MCI->AD), and ``eta = sum of
   hazard_log_ratio`` terms: per SD of the subject's atrophy-rate effect ``b`` (so survival models
   have a real imaging signal), per APOE4 allele, per decade of age, per MMSE point above the group
-  mean, female. Times are drawn by inversion; a CN subject who becomes MCI draws a time to AD from
+  mean, female (covariates centred on their group means). Times are drawn by inversion; a CN subject who becomes MCI draws a time to AD from
   then on with the MCI hazard. Latent times are kept in the truth; the event is observed when it
   falls before the last visit, otherwise censored there.
 * Per-visit diagnosis in ``sessions.tsv`` is the state at the visit time; MMSE declines by
@@ -167,8 +169,8 @@ ventricle_log_scale                CN 0.45, MCI 0.6, AD 0.8                    a
 ventricle_log_scale_per_decade     0.2                                         assumption
 ventricle_log_scale_sd             0.25                                        assumption
 baseline_atrophy_years             6.0                                         assumption
-annual_rates (%/yr loss)           hippocampus CN 1.41, MCI 3.0, AD 4.66       Barnes 2009 (CN, AD); Jack 2000 (MCI)
-                                   amygdala 1.3 / 2.8 / 4.3                    assumption (~0.9 x hippocampus)
+annual_rates (%/yr loss)           hippocampus CN 1.41, MCI 2.55, AD 4.66      Barnes 2009 (CN, AD); Jack 2000 (stable MCI)
+                                   amygdala 1.3 / 2.3 / 4.3                    assumption (~0.9 x hippocampus)
                                    cortex 0.5 / 1.0 / 2.0                      assumption (Jack 2004 range)
                                    white_matter 0.3 / 0.5 / 0.8                assumption
                                    deep_gm 0.5 / 1.0 / 1.6                     assumption
@@ -181,7 +183,7 @@ apoe4_rate_effect                  0.12 per allele                             d
 female_rate_effect                 0.08                                        direction Hua 2010
 subject_rate_sd                    0.35                                        assumption (CV ~40 %)
 region_rate_sd                     0.12                                        assumption
-conversion_acceleration            CN->MCI 2.1, MCI->AD 1.55                   hippocampal rate ratios; Leung 2013
+conversion_acceleration            CN->MCI 1.81, MCI->AD 1.83                  hippocampal rate ratios; Leung 2013
 conversion_transition_years        0.5                                         assumption
 annual_conversion_probability      CN 0.04, MCI 0.13                           Risacher 2009 (MCI 10-15 %/yr)
 weibull_shape                      1.3                                         assumption
@@ -214,7 +216,12 @@ n_jobs                             1                                           o
 """
 
 from neurocast.simulate.cohort import CohortTruth, simulate_cohort, simulate_subject
-from neurocast.simulate.config import DEFAULT_ANNUAL_RATES, DIAGNOSES, REGION_GROUPS, SimulationConfig
+from neurocast.simulate.config import (
+    DEFAULT_ANNUAL_RATES,
+    DIAGNOSES,
+    REGION_GROUPS,
+    SimulationConfig,
+)
 from neurocast.simulate.writer import read_velocity
 
 __all__ = [

@@ -86,9 +86,52 @@ def _column(frame: pd.DataFrame, candidates: tuple[str, ...]) -> str:
     raise KeyError(f"atlas regions table has none of the columns {candidates}; it has {list(frame.columns)}")
 
 
+def _source_labels(row: pd.Series) -> tuple[int, ...]:
+    cell = row.get("source_labels") if hasattr(row, "get") else None
+    if cell is None or (isinstance(cell, float) and np.isnan(cell)):
+        return (int(row["label"]),)
+    if isinstance(cell, (tuple, list, np.ndarray)):
+        return tuple(int(v) for v in cell)
+    return tuple(int(float(t)) for t in str(cell).replace(",", " ").split())
+
+
+def label_groups(regions: pd.DataFrame) -> dict[int, str | None]:
+    """Region group of every label value of the atlas image.
+
+    Single-label regions are mapped by their name (:func:`region_group`). A label that only
+    appears in composite regions (e.g. the cortical labels of ``Grey-Matter`` and the lobar white
+    matter of ``White-Matter`` in the default atlas) takes the group of the first composite, in
+    table order, whose name maps to a group; the rest (extra-cerebral CSF, optic chiasm...) is
+    ``None``: the balance tissue.
+    """
+    out: dict[int, str | None] = {}
+    composites = []
+    for _, row in regions.iterrows():
+        labs = _source_labels(row)
+        if len(labs) == 1:
+            out[labs[0]] = region_group(row["name"])
+        else:
+            composites.append((region_group(row["name"]), labs))
+    for group, labs in composites:
+        for v in labs:
+            if v not in out and group is not None:
+                out[v] = group
+    for _, labs in composites:
+        for v in labs:
+            out.setdefault(v, None)
+    return out
+
+
 @dataclass
 class TemplateAssets:
-    """Template, brain mask and atlas on one working grid (shared by all subjects)."""
+    """Template, brain mask and atlas on one working grid (shared by all subjects).
+
+    Attributes:
+        regions: the atlas's regions: ``label`` (region index), ``name``, ``source_labels`` (tuple
+            of label values), ``composite`` (more than one label), ``group`` (simulator region
+            group of all its labels, or ``None`` when they differ or belong to the balance).
+        groups_of_labels: label value -> region group (``None``: balance tissue).
+    """
 
     grid: Any
     field_shape: tuple[int, int, int]
@@ -97,6 +140,7 @@ class TemplateAssets:
     brain_mask: np.ndarray
     labels: np.ndarray
     regions: pd.DataFrame
+    groups_of_labels: dict[int, str | None]
     white_matter: float
 
     @property
@@ -117,10 +161,8 @@ class TemplateAssets:
     def group_masks(self, labels: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """(group -> boolean mask, balance mask) for a label map in this atlas's labelling."""
         groups: dict[str, np.ndarray] = {}
-        lab = self.regions["label"].to_numpy()
-        grp = self.regions["group"].to_numpy()
         for g in REGION_GROUPS:
-            values = [int(v) for v, gg in zip(lab, grp, strict=True) if gg == g]
+            values = [v for v, gg in self.groups_of_labels.items() if gg == g]
             if values:
                 m = np.isin(labels, values)
                 if m.any():
@@ -132,20 +174,16 @@ class TemplateAssets:
 @functools.lru_cache(maxsize=4)
 def template_assets(grid_spacing_mm: float, field_spacing_mm: float) -> TemplateAssets:
     """Template T1w, brain mask and atlas on ``working_grid(grid_spacing_mm)`` (cached)."""
-    from neurocast.registration.atlas import load_atlas
+    from neurocast.registration.atlas import load_atlas, template_on_grid
     from neurocast.registration.deformation import coarse_shape, field_affine
     from neurocast.registration.template import load_template, working_grid
     from neurocast.registration.transforms import resample
 
     grid = working_grid(grid_spacing_mm)
-    t1_img = load_template("T1w", 1)
+    t1 = np.asarray(template_on_grid(grid).dataobj, dtype=np.float32)
     mask_img = load_template("brain_mask", 1)
-    src_spacing = float(np.sqrt((t1_img.affine[:3, :3] ** 2).sum(axis=0)).mean())
+    src_spacing = float(np.sqrt((mask_img.affine[:3, :3] ** 2).sum(axis=0)).mean())
     sigma = max(0.0, 0.42 * (grid_spacing_mm / src_spacing - 1.0))
-    t1_src = np.asarray(t1_img.dataobj, dtype=np.float32)
-    if sigma > 0:
-        t1_src = ndimage.gaussian_filter(t1_src, sigma)
-    t1 = resample(t1_src, t1_img.affine, grid.shape, grid.affine, order=1).astype(np.float32)
     mask_src = np.asarray(mask_img.dataobj, dtype=np.float32)
     if sigma > 0:
         mask_src = ndimage.gaussian_filter(mask_src, sigma)
@@ -156,20 +194,27 @@ def template_assets(grid_spacing_mm: float, field_spacing_mm: float) -> Template
     labels = np.asarray(atlas.labels.dataobj).astype(np.int16)
     if labels.shape != tuple(grid.shape):
         raise ValueError(f"atlas labels {labels.shape} are not on the working grid {grid.shape}")
-    regions = atlas.regions.copy()
-    lab_col = _column(regions, ("label", "index", "value", "id"))
-    name_col = _column(regions, ("name", "region", "label_name"))
-    regions = pd.DataFrame(
-        {"label": regions[lab_col].astype(int).to_numpy(), "name": regions[name_col].astype(str).to_numpy()}
-    )
-    regions["group"] = [region_group(n) for n in regions["name"]]
+    raw = atlas.regions.copy()
+    lab_col = _column(raw, ("index", "label", "value", "id"))
+    name_col = _column(raw, ("name", "region", "label_name"))
+    regions = pd.DataFrame({"label": raw[lab_col].astype(int).to_numpy(), "name": raw[name_col].astype(str).to_numpy()})
+    regions["source_labels"] = [
+        _source_labels(pd.Series({"label": lab, "source_labels": raw["source_labels"].iloc[i] if "source_labels" in raw else None}))
+        for i, lab in enumerate(regions["label"])
+    ]
     regions = regions[regions["label"] != 0].reset_index(drop=True)
-    wm_labels = regions.loc[regions["group"] == "white_matter", "label"].to_numpy()
-    wm_mask = np.isin(labels, wm_labels) if len(wm_labels) else (t1 > np.percentile(t1[mask], 60))
-    white_matter = float(np.median(t1[wm_mask & mask])) if (wm_mask & mask).any() else 0.8
+    groups_of_labels = label_groups(regions)
+    regions["composite"] = [len(s) > 1 for s in regions["source_labels"]]
+    regions["group"] = [
+        (lambda gs: gs.pop() if len(gs) == 1 else None)({groups_of_labels.get(v) for v in labs})
+        for labs in regions["source_labels"]
+    ]
+    wm_values = [v for v, g in groups_of_labels.items() if g == "white_matter"]
+    wm_mask = np.isin(labels, wm_values) & mask
+    white_matter = float(np.median(t1[wm_mask])) if wm_mask.any() else float(np.percentile(t1[mask], 75))
     fshape = coarse_shape(grid.shape, field_spacing_mm / grid_spacing_mm)
     faff = field_affine(grid.affine, grid.shape, fshape)
-    return TemplateAssets(grid, fshape, faff, t1, mask, labels, regions, white_matter)
+    return TemplateAssets(grid, fshape, faff, t1, mask, labels, regions, groups_of_labels, white_matter)
 
 
 @dataclass
@@ -302,7 +347,7 @@ def make_base_anatomy(
     rng = rng_for(seed, subject.index, "base_scan")
     scan = scans[int(rng.integers(len(scans)))]
     image, mask, own_labels, qc = _preprocessed_base(str(scan.resolve()), float(config.grid_spacing_mm))
-    known = set(int(v) for v in assets.regions["label"])
+    known = set(assets.groups_of_labels)
     source_labels = "atlas"
     if own_labels is not None:
         present = set(int(v) for v in np.unique(own_labels)) - {0}

@@ -147,11 +147,15 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
     base_img_t = torch.from_numpy(anatomy.image)[None, None]
     base_lab_t = torch.from_numpy(anatomy.labels.astype(np.int32))[None, None]
     lab_flat = anatomy.labels.ravel().astype(np.int64)
-    region_labels = assets.regions["label"].to_numpy().astype(int)
-    nbins = max(int(lab_flat.max()), int(region_labels.max()) if len(region_labels) else 0) + 1
+    label_values = np.array(sorted(assets.groups_of_labels), dtype=int)
+    nbins = max(int(lab_flat.max()), int(label_values.max()) if len(label_values) else 0) + 1
     base_counts = np.bincount(lab_flat, minlength=nbins) * voxel_volume
-    grp = assets.regions["group"]
-    brain_labels = region_labels[(grp.notna() & (grp != "ventricles")).to_numpy()]
+    brain_labels = np.array([v for v, g in assets.groups_of_labels.items() if g is not None and g != "ventricles" and v < nbins], dtype=int)
+    region_rows = [
+        (int(r["label"]), str(r["name"]), r["group"], bool(r["composite"]),
+         np.array([v for v in r["source_labels"] if v < nbins], dtype=int))
+        for _, r in assets.regions.iterrows()
+    ]
 
     sub = subject.label
     visit_rows: list[dict[str, Any]] = []
@@ -273,20 +277,22 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
             "tumour_volume_native_mm3": tumour_info.get("tumour_volume_native_mm3"),
             "oedema_volume_mm3": tumour_info.get("oedema_volume_mm3"),
         })
-        for _, reg in assets.regions.iterrows():
-            lab = int(reg["label"])
-            if lab >= nbins or base_counts[lab] == 0:
+        for index, name, group, composite, values in region_rows:
+            base = float(base_counts[values].sum()) if len(values) else 0.0
+            if base == 0:
                 continue
+            vol = float(vols[values].sum())
             volume_rows.append({
                 "participant_id": subject.participant_id,
                 "session_id": f"ses-{ses}",
                 "time_years": _r(visit.time_years, 8),
-                "label": lab,
-                "region": reg["name"],
-                "group": reg["group"],
-                "volume_mm3": _r(vols[lab], 4),
-                "volume_native_mm3": _r(vols[lab] * native_scale, 4),
-                "ratio_to_baseline": _r(vols[lab] / base_counts[lab], 8),
+                "label": index,
+                "region": name,
+                "group": group,
+                "composite": composite,
+                "volume_mm3": _r(vol, 4),
+                "volume_native_mm3": _r(vol * native_scale, 4),
+                "ratio_to_baseline": _r(vol / base, 8),
             })
         if k == 0:
             writer.write_truth_nifti(sub, ses, writer.template_name("desc-brain_mask"),
@@ -342,9 +348,32 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
             "visits": visit_rows, "volumes": volume_rows}
 
 
+def _prepare_output(root: Path, n_subjects: int) -> None:
+    """Refuse a non-empty folder that is not an earlier simulation; in an earlier simulation,
+    remove the subjects this cohort will not write (so no stale subject survives)."""
+    import shutil
+
+    from neurocast.errors import OutputError
+    from neurocast.simulate.subjects import subject_label
+    from neurocast.simulate.writer import TRUTH_DIR
+
+    if root.exists() and not root.is_dir():
+        raise OutputError(root, "output path exists and is not a folder")
+    if not root.exists() or not any(root.iterdir()):
+        return
+    if not (root / TRUTH_DIR / "simulation.json").is_file():
+        raise OutputError(root, "output folder is not empty and does not hold an earlier neurocast simulation; "
+                          "choose an empty or new folder")
+    keep = {f"sub-{subject_label(i, n_subjects)}" for i in range(n_subjects)}
+    for base in (root, root / TRUTH_DIR):
+        for d in base.glob("sub-*"):
+            if d.is_dir() and d.name not in keep:
+                shutil.rmtree(d)
+
+
 def config_hash(config: SimulationConfig) -> str:
     """SHA-256 of the configuration's canonical JSON."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(config.model_dict(), sort_keys=True).encode()).hexdigest()
 
 
 def _worker(args: tuple[int, int, int, dict[str, Any], str]) -> dict[str, Any]:
@@ -363,7 +392,8 @@ def simulate_cohort(
     """Simulate a longitudinal cohort and write it as a BIDS dataset with its ground truth.
 
     Args:
-        output_dir: the dataset folder (created; existing files of the same names are replaced).
+        output_dir: the dataset folder: new, empty, or an earlier simulation (whose files are
+            replaced and whose extra subjects are removed).
         n_subjects: number of subjects (>= 1).
         seed: random seed; the same seed and configuration give byte-identical files.
         config: simulation parameters (:class:`SimulationConfig` defaults if ``None``).
@@ -385,8 +415,9 @@ def simulate_cohort(
     n = int(n_subjects)
     seed = int(seed)
     root = Path(output_dir).resolve()
+    _prepare_output(root, n)
     writer = CohortWriter(root, config.grid_spacing_mm, config.effective_field_spacing_mm)
-    writer.write_dataset_files(seed, n, config.to_dict())
+    writer.write_dataset_files(seed, n, config.model_dict())
 
     results: list[dict[str, Any]] = [None] * n  # type: ignore[list-item]
     bar = tqdm(total=n, desc="simulate", unit="subject", disable=not progress)

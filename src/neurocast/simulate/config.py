@@ -66,8 +66,8 @@ background inside the working grid) is the *balance* that absorbs the volume los
 
 DEFAULT_ANNUAL_RATES: dict[str, dict[str, float]] = {
     # percent volume LOSS per year at the group's reference age (negative = expansion)
-    "hippocampus": {"CN": 1.41, "MCI": 3.0, "AD": 4.66},  # Barnes 2009 (CN, AD); Jack 2000 (MCI 2.55 stable, higher in decliners)
-    "amygdala": {"CN": 1.3, "MCI": 2.8, "AD": 4.3},  # assumption: ~0.9 x hippocampus
+    "hippocampus": {"CN": 1.41, "MCI": 2.55, "AD": 4.66},  # Barnes 2009 (CN, AD); Jack 2000 (stable MCI 2.55; converters accelerate)
+    "amygdala": {"CN": 1.3, "MCI": 2.3, "AD": 4.3},  # assumption: ~0.9 x hippocampus
     "cortex": {"CN": 0.5, "MCI": 1.0, "AD": 2.0},  # assumption (order of Jack 2004 whole brain / regional cortex rates)
     "white_matter": {"CN": 0.3, "MCI": 0.5, "AD": 0.8},  # assumption
     "deep_gm": {"CN": 0.5, "MCI": 1.0, "AD": 1.6},  # assumption
@@ -75,7 +75,13 @@ DEFAULT_ANNUAL_RATES: dict[str, dict[str, float]] = {
     "brainstem": {"CN": 0.2, "MCI": 0.3, "AD": 0.4},  # assumption
     "ventricles": {"CN": -3.0, "MCI": -5.0, "AD": -7.5},  # expansion; assumption in the range of Jack 2004 / Nestor 2008
 }
-"""Annual volume loss in percent per region group and diagnosis (negative: expansion)."""
+"""Annual volume loss in percent per region group and diagnosis (negative: expansion): the mean
+over subjects of that diagnosis who stay in it (covariates and random effects are centred so that
+the group mean is this value); converters speed up by :attr:`SimulationConfig.conversion_acceleration`."""
+
+
+EXECUTION_FIELDS = ("n_jobs",)
+"""Fields that change how the simulation runs, never what it writes."""
 
 
 def _rates() -> dict[str, dict[str, float]]:
@@ -183,20 +189,24 @@ class SimulationConfig:
     """Change of the log atrophy rate per decade of age: older controls atrophy faster, younger
     MCI/AD patients faster (direction as Hua 2010; size an assumption)."""
     apoe4_rate_effect: float = 0.12
-    """Change of the log atrophy rate per APOE4 allele (direction as Hua 2010 and Nestor 2008)."""
+    """Change of the log atrophy rate per APOE4 allele above the diagnosis group's mean allele
+    count (direction as Hua 2010 and Nestor 2008)."""
     female_rate_effect: float = 0.08
-    """Change of the log atrophy rate for women (direction as Hua 2010)."""
+    """Change of the log atrophy rate for women, centred on :attr:`female_fraction` (direction as
+    Hua 2010)."""
     subject_rate_sd: float = 0.35
     """SD of the subject random effect on the log atrophy rate, shared by all regions (assumption
-    giving between-subject coefficients of variation of ~40 %)."""
+    giving between-subject coefficients of variation of ~40 %). The random effects enter as
+    ``exp(b + e - (subject_rate_sd^2 + region_rate_sd^2) / 2)`` so they leave the mean unchanged."""
     region_rate_sd: float = 0.12
     """SD of the region-specific random effect on the log atrophy rate (assumption)."""
     conversion_acceleration: dict[str, float] = field(
-        default_factory=lambda: {"CN": 2.1, "MCI": 1.55}
+        default_factory=lambda: {"CN": 1.81, "MCI": 1.83}
     )
     """Factor by which all atrophy rates grow when a CN subject converts to MCI (CN->MCI) or an
     MCI subject to AD (MCI->AD); default = ratio of the hippocampal rates of the two groups
-    (consistent with the acceleration in converters of Leung 2013)."""
+    (2.55 / 1.41 and 4.66 / 2.55), so a converter ends up at the next group's rate, consistent with
+    the acceleration in converters of Leung 2013."""
     conversion_transition_years: float = 0.5
     """Width of the smooth rate change around a conversion (years)."""
 
@@ -217,7 +227,10 @@ class SimulationConfig:
             "female": 0.1,  # assumption
         }
     )
-    """Log hazard ratios of the proportional-hazards conversion model."""
+    """Log hazard ratios of the proportional-hazards conversion model. APOE4 and sex are centred on
+    the group means (mean allele count of :attr:`apoe4_probabilities`, :attr:`female_fraction`),
+    age on :attr:`reference_age`, MMSE on the group's mean: a subject with average covariates has
+    the hazard given by :attr:`annual_conversion_probability`."""
 
     # --- acquisition --------------------------------------------------------------------------
     native_voxel_sizes: tuple[tuple[float, float, float], ...] = (
@@ -285,7 +298,8 @@ class SimulationConfig:
     """Also write each visit's noise-free template-space image (the truth before acquisition)."""
     n_jobs: int = 1
     """Subjects simulated in parallel processes (each single-threaded, so results do not depend
-    on it)."""
+    on it). The processes are started with ``spawn``: a script that calls :func:`simulate_cohort`
+    with ``n_jobs > 1`` needs the usual ``if __name__ == "__main__":`` guard."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -337,9 +351,19 @@ class SimulationConfig:
         if self.n_jobs < 1:
             raise ValueError(f"n_jobs must be >= 1, got {self.n_jobs}")
 
+    def mean_apoe4(self, diagnosis: str) -> float:
+        """Expected APOE4 allele count of a diagnosis group."""
+        p = self.apoe4_probabilities.get(diagnosis, (1.0, 0.0, 0.0))
+        return float((p[1] + 2 * p[2]) / max(sum(p), 1e-12))
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable copy (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def model_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields that cannot change the output (``n_jobs``): what
+        provenance records and hashes."""
+        return {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimulationConfig:

@@ -3,8 +3,8 @@
 The hazard of leaving the current diagnostic state is
 
     h(t | x) = (k / lam) (t / lam)^(k - 1) exp(eta),
-    eta = b_rate * z + b_apoe4 * apoe4 + b_age * (age - age_ref) / 10
-          + b_mmse * (mmse - mean_mmse[dx]) + b_female * female,
+    eta = b_rate * z + b_apoe4 * (apoe4 - mean_apoe4[dx]) + b_age * (age - age_ref) / 10
+          + b_mmse * (mmse - mean_mmse[dx]) + b_female * (female - female_fraction),
 
 with ``z`` the subject's atrophy-rate random effect in SD units, so a survival model fitted to the
 simulated visits has a real signal in the atrophy rate (Jack 2005: HR 1.7-1.9 per SD of atrophy
@@ -92,10 +92,10 @@ def linear_predictor(subject: Subject, subject_effect_sd_units: float, config: S
     mmse_term = (subject.mmse - mmse_ref) if state == subject.diagnosis else 0.0
     return float(
         b.get("rate_sd", 0.0) * subject_effect_sd_units
-        + b.get("apoe4", 0.0) * subject.apoe4
+        + b.get("apoe4", 0.0) * (subject.apoe4 - config.mean_apoe4(subject.diagnosis))
         + b.get("age_decade", 0.0) * (subject.age - config.reference_age) / 10.0
         + b.get("mmse_point", 0.0) * mmse_term
-        + b.get("female", 0.0) * float(subject.female)
+        + b.get("female", 0.0) * (float(subject.female) - config.female_fraction)
     )
 
 

@@ -1,10 +1,11 @@
 """Progression: subject atrophy rates, the subject's velocity field, and each visit's deformation.
 
 * **Rates.** The annual volume loss of region group ``g`` for a subject with baseline diagnosis
-  ``dx`` is ``r_g = R[g][dx] * exp(eta_cov + b + e_g)`` with ``eta_cov`` the covariate effects
-  (age per decade by diagnosis, APOE4 per allele, female), ``b ~ N(0, subject_rate_sd^2)`` the
-  subject random effect shared by all regions and ``e_g ~ N(0, region_rate_sd^2)`` a region
-  effect. Ventricles expand (negative loss) with the same multiplier.
+  ``dx`` is ``r_g = R[g][dx] * exp(eta_cov + b + e_g - (sd_b^2 + sd_e^2) / 2)`` with ``eta_cov``
+  the covariate effects (age per decade by diagnosis, APOE4 per allele above the group mean,
+  female minus the female fraction), ``b ~ N(0, sd_b^2)`` the subject random effect shared by all
+  regions and ``e_g ~ N(0, sd_e^2)`` a region effect; the centring keeps the group mean at
+  ``R[g][dx]``. Ventricles expand (negative loss) with the same multiplier.
 * **Velocity.** The wanted annual log volume change ``log(1 - r_g / 100)`` of each group is
   realised by one stationary velocity ``v`` on the coarse field grid, calibrated so that the
   regional means of the first-order log volume change ``-div v`` on the subject's baseline labels
@@ -59,13 +60,14 @@ def draw_rates(seed: int, subject: Subject, config: SimulationConfig) -> Subject
     dx = subject.diagnosis
     eta = (
         config.age_effect_per_decade.get(dx, 0.0) * (subject.age - config.reference_age) / 10.0
-        + config.apoe4_rate_effect * subject.apoe4
-        + config.female_rate_effect * float(subject.female)
+        + config.apoe4_rate_effect * (subject.apoe4 - config.mean_apoe4(dx))
+        + config.female_rate_effect * (float(subject.female) - config.female_fraction)
     )
+    centre = 0.5 * (config.subject_rate_sd**2 + config.region_rate_sd**2)  # E[exp(b + e)] = 1
     rates = {}
     for g in REGION_GROUPS:
         base = config.annual_rates.get(g, {}).get(dx, 0.0)
-        r = base * math.exp(eta + b + region_effects[g])
+        r = base * math.exp(eta + b + region_effects[g] - centre)
         rates[g] = float(np.clip(r, -40.0, 40.0))
     sd_units = b / config.subject_rate_sd if config.subject_rate_sd > 0 else 0.0
     return SubjectRates(b, sd_units, eta, rates)

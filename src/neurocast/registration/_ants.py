@@ -33,8 +33,8 @@ class Stage:
         shrink: shrink factor per level (voxels of the fixed image).
         smoothing_vox: Gaussian sigma per level, in voxels of the fixed image.
         gradient_step: the optimiser's step.
-        metric: ``"MI"`` (Mattes mutual information, 32 bins) or ``"CC"`` (neighbourhood
-            cross-correlation, radius 2) or ``"MeanSquares"``.
+        metric: ``"MI"`` (Mattes mutual information, 32 bins), ``"GC"`` (global correlation),
+            ``"CC"`` (neighbourhood cross-correlation, radius 2) or ``"MeanSquares"``.
         sampling: share of fixed voxels sampled (regular grid with seeded jitter); 1 = all.
         masked: use the fixed/moving masks in this stage.
     """
@@ -71,6 +71,18 @@ def _libfn():
     return get_lib_fn("antsRegistration")
 
 
+def ants_seed(seed: int) -> int:
+    """The ``--random-seed`` given to ANTs for a neurocast seed: ``seed + 1``.
+
+    ANTs treats a seed of 0 as "no seed" and then draws its sampling jitter from the clock, so
+    neurocast's default seed 0 must not be passed through as 0.
+    """
+    seed = int(seed)
+    if seed < 0 or seed >= 2**31 - 1:
+        raise ValueError(f"seed must be in [0, 2**31 - 2], got {seed}")
+    return seed + 1
+
+
 def register_linear(
     fixed,
     moving,
@@ -92,7 +104,8 @@ def register_linear(
         fixed_mask, moving_mask: ANTs images (non-zero = inside), used in stages with ``masked``.
         initial: a 4x4 RAS matrix (fixed -> moving points) to start from; ``"com"`` to align the
             intensity centres of mass; ``"geometry"`` to align the image centres; ``None`` = identity.
-        seed: ``--random-seed`` for the metric's sampling jitter (same seed, same result).
+        seed: seed of the metric's sampling jitter (same seed, same result; ANTs gets
+            :func:`ants_seed` of it).
         tag: a name for the files of this call inside ``work_dir``.
 
     Raises:
@@ -137,11 +150,13 @@ def register_linear(
         "--winsorize-image-intensities", "[0.005,0.995]",
         "--use-histogram-matching", "0",
         "--initial-moving-transform", init,
-        "--random-seed", str(int(seed)),
+        "--random-seed", str(ants_seed(seed)),
     ]  # fmt: skip
     for st in stages:
         if st.metric == "MI":
             metric = f"MI[{f_str},{m_str},1,32,Regular,{st.sampling}]"
+        elif st.metric == "GC":
+            metric = f"GC[{f_str},{m_str},1,1,Regular,{st.sampling}]"
         elif st.metric == "CC":
             metric = f"CC[{f_str},{m_str},1,2]"
         elif st.metric == "MeanSquares":
@@ -164,5 +179,5 @@ def register_linear(
     if not out.is_file():
         raise RuntimeError("antsRegistration wrote no transform")
     matrix = ants_to_matrix(out)
-    del keep
+    keep.clear()  # the images referenced by pointer may be released now
     return matrix

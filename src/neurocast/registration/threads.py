@@ -7,6 +7,12 @@ any registration. If ANTs was already imported, the setting still applies as lon
 filter has run yet; after that, ITK keeps its first number and this function says so in its
 return value and in a warning (torch is always updated).
 
+Reproducibility: ITK's multi-threaded registration metrics do not sum in a fixed order, so with
+more than one ITK thread two runs of the same registration differ slightly (about 0.01 mm).
+Importing :mod:`neurocast.registration` therefore sets ITK to one thread unless the environment
+variable is already set; ``set_threads(n)`` with ``n > 1`` gives speed instead of bit-identical
+reruns (torch's fits stay deterministic at any thread count).
+
 Example:
     >>> from neurocast.registration.threads import set_threads
     >>> info = set_threads(2)  # doctest: +SKIP
@@ -36,7 +42,7 @@ def mark_itk_used() -> None:
 
 
 def set_threads(n: int | None = None) -> dict[str, object]:
-    """Set the number of threads of ITK/ANTs and torch.
+    """Set the number of threads of ITK/ANTs and torch (see the module docstring on reproducibility).
 
     Args:
         n: threads to use; ``None`` or ``0`` means every CPU this process may run on.
@@ -47,7 +53,11 @@ def set_threads(n: int | None = None) -> dict[str, object]:
         ITK filter already ran in this process through neurocast, so ITK keeps its earlier number.
     """
     if n is None or n == 0:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
     os.environ[ITK_ENV] = str(n)

@@ -67,7 +67,9 @@ def ras_to_lps(matrix_ras: np.ndarray) -> np.ndarray:
     return LPS_RAS_FLIP @ np.asarray(matrix_ras, dtype=float) @ LPS_RAS_FLIP
 
 
-def itk_parameters_to_matrix(parameters: Sequence[float], fixed_parameters: Sequence[float]) -> np.ndarray:
+def itk_parameters_to_matrix(
+    parameters: Sequence[float], fixed_parameters: Sequence[float]
+) -> np.ndarray:
     """4x4 LPS matrix of an ITK ``AffineTransform`` (or ``MatrixOffsetTransformBase``) 3-D.
 
     Args:
@@ -121,7 +123,9 @@ def ants_to_matrix(transform: ants.ANTsTransform | str | os.PathLike[str]) -> np
     return lps_to_ras(m_lps)
 
 
-def matrix_to_ants(matrix_ras: np.ndarray, center_ras: Sequence[float] | None = None) -> ants.ANTsTransform:
+def matrix_to_ants(
+    matrix_ras: np.ndarray, center_ras: Sequence[float] | None = None
+) -> ants.ANTsTransform:
     """An ANTs ``AffineTransform`` (double precision) doing the point mapping of a 4x4 RAS matrix.
 
     Args:
@@ -134,7 +138,11 @@ def matrix_to_ants(matrix_ras: np.ndarray, center_ras: Sequence[float] | None = 
     m = np.asarray(matrix_ras, dtype=float)
     _check_matrix(m)
     m_lps = ras_to_lps(m)
-    c = np.zeros(3) if center_ras is None else (LPS_RAS_FLIP[:3, :3] @ np.asarray(center_ras, float))
+    c = (
+        np.zeros(3)
+        if center_ras is None
+        else (LPS_RAS_FLIP[:3, :3] @ np.asarray(center_ras, float))
+    )
     a = m_lps[:3, :3]
     t = m_lps[:3, 3] - c + a @ c
     return ants.create_ants_transform(
@@ -283,7 +291,9 @@ def resample(
     return out
 
 
-def downsample_blocks(data: np.ndarray, affine: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def downsample_blocks(
+    data: np.ndarray, affine: np.ndarray, factors: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Block-average ``data`` by integer ``factors`` (anti-aliased downsampling); returns (data, affine).
 
     Voxel ``i`` of the result is the mean of source voxels ``k*i ... k*i + k - 1`` (incomplete
@@ -295,7 +305,9 @@ def downsample_blocks(data: np.ndarray, affine: np.ndarray, factors: Sequence[in
     shape = tuple(s // f for s, f in zip(data.shape, k, strict=True))
     if min(shape) < 1:
         raise ValueError(f"cannot downsample shape {data.shape} by {k}")
-    cropped = np.asarray(data, dtype=np.float32)[: shape[0] * k[0], : shape[1] * k[1], : shape[2] * k[2]]
+    cropped = np.asarray(data, dtype=np.float32)[
+        : shape[0] * k[0], : shape[1] * k[1], : shape[2] * k[2]
+    ]
     blocks = cropped.reshape(shape[0], k[0], shape[1], k[1], shape[2], k[2])
     out = blocks.mean(axis=(1, 3, 5), dtype=np.float32)
     scale = np.eye(4)
@@ -308,7 +320,9 @@ def downsample_blocks(data: np.ndarray, affine: np.ndarray, factors: Sequence[in
 # matrix algebra
 
 
-def mean_transform(matrices: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+def mean_transform(
+    matrices: Sequence[np.ndarray], weights: Sequence[float] | None = None
+) -> np.ndarray:
     """Log-Euclidean mean of affine (or rigid) 4x4 matrices: ``expm(sum w_i logm(M_i))``.
 
     The mean of rigid transforms is (to numerical precision) rigid again for the small rotations
@@ -398,8 +412,11 @@ def _euler(ang: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def rigid_matrix(rotation_deg: Sequence[float] = (0, 0, 0), translation_mm: Sequence[float] = (0, 0, 0),
-                 center: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+def rigid_matrix(
+    rotation_deg: Sequence[float] = (0, 0, 0),
+    translation_mm: Sequence[float] = (0, 0, 0),
+    center: Sequence[float] = (0.0, 0.0, 0.0),
+) -> np.ndarray:
     """A rigid 4x4 matrix: rotations (degrees, about x then y then z, around ``center``) and a translation."""
     r = _euler(np.radians(np.asarray(rotation_deg, dtype=float)))
     c = np.asarray(center, dtype=float)
@@ -409,7 +426,9 @@ def rigid_matrix(rotation_deg: Sequence[float] = (0, 0, 0), translation_mm: Sequ
     return m
 
 
-def displacement_error(matrix_a: np.ndarray, matrix_b: np.ndarray, points: np.ndarray) -> np.ndarray:
+def displacement_error(
+    matrix_a: np.ndarray, matrix_b: np.ndarray, points: np.ndarray
+) -> np.ndarray:
     """Distance (mm) between where two 4x4 matrices send each of ``points`` (N, 3)."""
     p = np.c_[np.asarray(points, float), np.ones(len(points))]
     da = p @ np.asarray(matrix_a, float).T

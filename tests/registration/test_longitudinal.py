@@ -1,0 +1,107 @@
+"""Longitudinal alignment: a known rigid motion between two visits is removed without favouring one."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from neurocast.registration.longitudinal import align_subject
+from neurocast.registration.template import working_grid
+from neurocast.registration.transforms import (
+    decompose,
+    displacement_error,
+    downsample_blocks,
+    resample,
+    rigid_matrix,
+)
+
+
+def two_visits(shared_data):
+    """IXI015 at 4 mm as visit 1; visit 2 = the same head moved rigidly (6 deg, 8 mm) on another grid."""
+    from neurocast.io import load_image
+
+    img = load_image(shared_data / "ixi" / "IXI015-HH-1258-T1_ds.nii.gz")
+    d, a = downsample_blocks(img.get_fdata(dtype=np.float32), img.affine, (2, 2, 2))
+    v1 = nib.Nifti1Image(d, a)
+    centre = nib.affines.apply_affine(a, np.array(d.shape) / 2)
+    motion = rigid_matrix((6.0, -3.0, 2.0), (8.0, -5.0, 3.0), center=centre)
+    a2 = np.diag([3.0, 3.0, 3.0, 1.0])  # another grid: 3 mm voxels, shifted origin
+    a2[:3, 3] = a[:3, 3] - 10
+    shape2 = tuple(int(n * 4 / 3) + 6 for n in d.shape)
+    d2 = resample(d, a, shape2, a2, np.linalg.inv(motion))
+    return v1, nib.Nifti1Image(d2, a2), motion
+
+
+@pytest.fixture(scope="module")
+def aligned(shared_data):
+    v1, v2, motion = two_visits(shared_data)
+    al = align_subject(
+        {"ses-01": v1, "ses-02": v2},
+        grid=working_grid(4.0),
+        field_spacing_mm=8.0,
+        fit_options={"levels": 2, "iterations": [30, 15]},
+    )
+    return al, motion
+
+
+@pytest.mark.slow
+def test_rigid_motion_is_recovered_and_split_halfway(aligned):
+    al, motion = aligned
+    assert al.qc["passed"], al.qc["reasons"]
+    # visit 2 -> template composed with the truth (visit 1 -> visit 2) must equal visit 1 -> template
+    pts = np.argwhere(np.asarray(al.brain_mask.dataobj) > 0)
+    pts_mm = nib.affines.apply_affine(al.grid.affine, pts)
+    t1 = np.linalg.inv(al.native_to_template["ses-01"])
+    t2 = np.linalg.inv(al.native_to_template["ses-02"])
+    err = displacement_error(t2, motion @ t1, pts_mm)
+    assert err.mean() < 1.0
+    # midpoint: each visit moves about half-way (neither is the reference)
+    r1 = decompose(al.visit_to_midpoint["ses-01"])["rotation_deg"]
+    r2 = decompose(al.visit_to_midpoint["ses-02"])["rotation_deg"]
+    assert r1 == pytest.approx(r2, abs=0.5)
+    assert r1 > 1.0
+    assert np.allclose(
+        al.native_to_template["ses-01"], al.midpoint_to_template @ al.visit_to_midpoint["ses-01"]
+    )
+
+
+@pytest.mark.slow
+def test_outputs_on_grids_and_qc(aligned, tmp_path):
+    al, _ = aligned
+    grid = working_grid(4.0)
+    assert al.sessions == ["ses-01", "ses-02"] and al.baseline == "ses-01"
+    assert al.follow_ups == ["ses-02"]
+    for s in al.sessions:
+        assert al.images[s].shape == grid.shape
+        assert al.masks[s].get_data_dtype() == np.uint8
+    assert tuple(al.velocities["ses-02"].shape) == (1, 3, *al.field_grid.shape)
+    assert al.field_grid.shape == working_grid(8.0).shape
+    pair = al.qc["pairs"]["ses-02"]
+    # the same head: after rigid alignment the visits already agree closely
+    assert pair["ncc_before"] > 0.9
+    assert pair["ncc_after"] >= pair["ncc_before"] - 0.02
+    assert pair["folding"] == 0.0
+    # consistent intensities: same white-matter level in the common mask
+    m = np.asarray(al.brain_mask.dataobj) > 0
+    p1 = np.percentile(np.asarray(al.images["ses-01"].dataobj)[m], 75)
+    p2 = np.percentile(np.asarray(al.images["ses-02"].dataobj)[m], 75)
+    assert p1 == pytest.approx(p2, rel=0.05)
+    paths = al.save(tmp_path, "01")
+    assert (
+        tmp_path / "sub-01_ses-02_space-MNI152NLin2009aSym_res-8_desc-velocity_xfm.nii.gz"
+    ).is_file()
+    assert all(p.is_file() for p in paths.values())
+    v = nib.load(paths["ses-02:velocity"])
+    assert v.shape == (*al.field_grid.shape, 3)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="at least one"):
+        align_subject({})
+    with pytest.raises(ValueError, match="baseline"):
+        align_subject({"a": "x.nii.gz"}, baseline="b")
+    with pytest.raises(ValueError, match="multiple"):
+        align_subject({"a": "x.nii.gz"}, field_spacing_mm=5.0)
+    with pytest.raises(ValueError, match="on_fail"):
+        align_subject({"a": "x.nii.gz"}, on_fail="maybe")

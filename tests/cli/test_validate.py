@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from conftest import make_bids
+from nc_testutils import make_bids
 from neurocast.cli.main import cli
 from neurocast.errors import EXIT_CODES
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_bids
+from nc_testutils import make_bids
 from neurocast.errors import EmptySelectionError, InvalidDatasetError, InvalidTableError
 from neurocast.io.bids import discover, normalise_label
 

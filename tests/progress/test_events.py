@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.conftest import make_bids
 
+from nc_testutils import make_bids
 from neurocast.errors import InputError, InvalidTableError
 from neurocast.io.tables import read_table
 from neurocast.progress.events import (

@@ -92,11 +92,12 @@ def validate(
 
 def _register_commands() -> None:
     from neurocast.cli.cohort_cmds import cohort, survival
-    from neurocast.cli.registration_cmds import preprocess
+    from neurocast.cli.registration_cmds import preprocess, register
     from neurocast.cli.simulate_cmd import simulate
 
     cli.add_command(simulate)
     cli.add_command(preprocess)
+    cli.add_command(register)
     cli.add_command(cohort)
     cli.add_command(survival)
 

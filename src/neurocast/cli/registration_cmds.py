@@ -88,3 +88,54 @@ def preprocess(
             ].to_string(index=False)
         )
     finish(summary)
+
+
+@click.command()
+@bids_app_arguments
+@participant_filters
+@_grid_option
+@click.option(
+    "--field-spacing-mm",
+    type=click.FloatRange(2.0, 16.0),
+    default=4.0,
+    show_default=True,
+    help="Voxel size of the velocity-field grid (a multiple of --grid-spacing-mm).",
+)
+@click.option("--skull-stripped/--whole-head", default=None, help="Default: detected per scan.")
+@seed_option
+@threads_option
+@execution_options
+@verbosity_options
+def register(
+    bids_dir: Path,
+    output_dir: Path,
+    analysis_level: str,
+    participant_label: list[str] | None,
+    session_label: list[str] | None,
+    grid_spacing_mm: float,
+    field_spacing_mm: float,
+    skull_stripped: bool | None,
+    seed: int,
+    n_threads: int | None,
+    work_dir: Path | None,
+    n_workers: int,
+    dask_scheduler: str | None,
+    force: bool,
+    quiet: bool,
+    verbose: bool,
+) -> None:
+    """Align all sessions of each participant and measure change from the baseline.
+
+    Writes per visit the aligned image, mask and transform; per follow-up the stationary velocity
+    field, the Jacobian (volume change) map and the regional volume change on the default atlas.
+    """
+    from neurocast.registration.workflows import register_dataset
+
+    setup_run(output_dir, n_threads, quiet, verbose)
+    summary = register_dataset(
+        bids_dir, output_dir, participant_label=participant_label, session_label=session_label,
+        grid_spacing_mm=grid_spacing_mm, field_spacing_mm=field_spacing_mm,
+        skull_stripped=skull_stripped, seed=seed, work_dir=work_dir, n_workers=n_workers,
+        scheduler=dask_scheduler, progress=not quiet, force=force,
+    )  # fmt: skip
+    finish(summary)

@@ -692,11 +692,14 @@ def refine_brain_mask(
         return prior
     d = np.asarray(low, dtype=np.float32)
     if skull_stripped:
-        fg = d > max(0.0, float(np.percentile(d[prior], 1))) * 0.5
-        fg &= d > (d.min() + 1e-6 * (d.max() - d.min()))
+        # background of a skull-stripped scan is zero, or (after reconstruction/noise) low noise:
+        # a threshold at 10 % of the median brain intensity separates both from CSF and tissue
+        inside = d[prior]
+        thr = max(0.5 * max(0.0, float(np.percentile(inside, 1))), 0.1 * float(np.median(inside)))
+        fg = (d > thr) & (d > (d.min() + 1e-6 * (d.max() - d.min())))
         cand = fg & dilate_mm(prior, 10.0, sp)
-        cand = largest_component(cand)
-        return ndi.binary_fill_holes(cand)
+        opened = dilate_mm(largest_component(erode_mm(cand, 2.0, sp)), 2.0, sp) & cand
+        return ndi.binary_fill_holes(largest_component(opened))
     core = erode_mm(prior, 10.0, sp)
     allowed = dilate_mm(prior, 5.0, sp)
     c = kmeans_1d(d[prior], 3)

@@ -217,3 +217,153 @@ def preprocess_dataset(
             "group_desc-preproc_qc.tsv", qc, parameters={"step": "preprocess"}, seed=seed
         )
     return summary, qc
+
+
+def register_participant(
+    participant: Participant,
+    writer: DerivativesWriter,
+    *,
+    grid_spacing_mm: float = 2.0,
+    field_spacing_mm: float = 4.0,
+    skull_stripped: bool | None = None,
+    seed: int = 0,
+    work_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Align all sessions of one participant and measure change from the baseline.
+
+    Writes per visit the image and brain mask in the shared within-subject template space and
+    its transform; per follow-up the stationary velocity field (baseline -> visit), the
+    volume-change (Jacobian) map on the baseline and the regional volume change on the default
+    atlas (``desc-regionalchange_volumes.tsv``); per participant the baseline regional volumes and
+    a QC record. Raises :class:`~neurocast.errors.RegistrationFailedError` when alignment fails.
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    from neurocast.registration.atlas import load_atlas
+    from neurocast.registration.deformation import volume_change_map
+    from neurocast.registration.longitudinal import align_subject
+    from neurocast.registration.template import TEMPLATE_NAME, working_grid
+    from neurocast.registration.transforms import write_ants_affine
+    from neurocast.registration.volumes import (
+        change_table,
+        regional_volume_change,
+        regional_volumes,
+        volumes_table,
+    )
+
+    sub = participant.participant_id
+    sessions = {(s.label or "1"): s for s in participant.sessions}
+    inputs = [s.t1w[0] for s in participant.sessions]
+    params = {
+        "step": "register", "grid_spacing_mm": grid_spacing_mm,
+        "field_spacing_mm": field_spacing_mm, "skull_stripped": skull_stripped,
+    }  # fmt: skip
+    prov = {"inputs": inputs, "parameters": params, "seed": seed}
+    qc_rel = f"{sub}/anat/{sub}_desc-longitudinal_qc.json"
+    if not force and writer.is_complete(qc_rel, **prov):
+        raise Skipped(json.loads(writer.path(qc_rel).read_text())["summary"])
+
+    grid = working_grid(grid_spacing_mm)
+    al = align_subject(
+        {k: s.t1w[0] for k, s in sessions.items()}, grid=grid, field_spacing_mm=field_spacing_mm,
+        seed=seed, skull_stripped=skull_stripped, work_dir=work_dir, on_fail="report",
+    )  # fmt: skip
+    res = f"{grid_spacing_mm:g}".replace(".", "p")
+    fres = f"{field_spacing_mm:g}".replace(".", "p")
+    space = f"space-{TEMPLATE_NAME}"
+    atlas = load_atlas(grid)
+    base_label = al.baseline
+    base_ses = sessions[base_label]
+    rows = []
+    for key in al.sessions:
+        ses = sessions[key]
+        folder = _anat_dir(participant, ses)
+        pre = _prefix(participant, ses)
+        writer.write_nifti(
+            f"{folder}/{pre}_{space}_res-{res}_desc-longitudinal_T1w.nii.gz", al.images[key], **prov
+        )
+        writer.write_nifti(
+            f"{folder}/{pre}_{space}_res-{res}_desc-brain_mask.nii.gz", al.masks[key], **prov
+        )
+        mat = np.linalg.inv(al.native_to_template[key])
+        writer.write_with(
+            f"{folder}/{pre}_from-T1w_to-{TEMPLATE_NAME}_mode-image_desc-longitudinal_xfm.mat",
+            lambda tmp, m=mat: write_ants_affine(m, tmp),
+            **prov,
+        )
+        if key not in al.velocities:
+            continue
+        writer.write_nifti(
+            f"{folder}/{pre}_from-ses{base_label}_{space}_res-{fres}_desc-velocity_xfm.nii.gz",
+            al.velocity_image(key), **prov, extra={"Units": "voxels of the field grid"},
+        )  # fmt: skip
+        with torch.no_grad():
+            jac = volume_change_map(al.velocities[key], shape=grid.shape)[0, 0].numpy()
+        writer.write_nifti(
+            f"{folder}/{pre}_from-ses{base_label}_{space}_res-{res}_desc-jacobian_map.nii.gz",
+            grid.image(jac.astype(np.float32)), **prov,
+            extra={"Description": "local volume ratio visit/baseline of baseline tissue"},
+        )  # fmt: skip
+        change = regional_volume_change(jac, atlas)
+        table = change_table(change, sub, ses.entity or "n/a", base_ses.entity or "n/a")
+        writer.write_tsv(f"{folder}/{pre}_desc-regionalchange_volumes.tsv", table, **prov)
+        fit = al.fits[key]
+        rows.append(
+            {"session_id": ses.entity, "ncc_before": fit.ncc_before, "ncc_after": fit.ncc_after,
+             "folding": float(getattr(fit, "folding", 0.0) or 0.0)}
+        )  # fmt: skip
+    base_vol = volumes_table(regional_volumes(atlas.labels, atlas), sub, base_ses.entity or "n/a")
+    writer.write_tsv(
+        f"{sub}/anat/{sub}_space-{TEMPLATE_NAME}_desc-atlas_volumes.tsv", base_vol, **prov
+    )
+    summary = {"participant_id": sub, "passed": bool(al.qc.get("passed", True)), "followups": rows}
+    writer.write_json(qc_rel, {"summary": summary, "qc": al.qc}, **prov)
+    if not summary["passed"]:
+        from neurocast.errors import RegistrationFailedError
+
+        raise RegistrationFailedError(
+            f"{sub}: longitudinal alignment failed ({al.qc.get('reasons')})"
+        )
+    return summary
+
+
+def register_dataset(
+    bids_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    participant_label: Iterable[str] | None = None,
+    session_label: Iterable[str] | None = None,
+    grid_spacing_mm: float = 2.0,
+    field_spacing_mm: float = 4.0,
+    skull_stripped: bool | None = None,
+    seed: int = 0,
+    work_dir: str | os.PathLike[str] | None = None,
+    n_workers: int = 1,
+    scheduler: str | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> BatchSummary:
+    """Longitudinal registration of every selected participant (see :func:`register_participant`).
+
+    Arguments as :func:`preprocess_dataset`, plus ``field_spacing_mm``, the spacing of the
+    velocity-field grid (a whole multiple of ``grid_spacing_mm``).
+    """
+    ds = _select(bids_dir, participant_label, session_label)
+    writer = DerivativesWriter(output_dir, source_datasets=[str(Path(bids_dir).resolve())])
+    by_label = {p.label: p for p in ds.participants}
+
+    def one(label: str) -> dict[str, Any]:
+        return register_participant(
+            by_label[label], writer, grid_spacing_mm=grid_spacing_mm,
+            field_spacing_mm=field_spacing_mm, skull_stripped=skull_stripped, seed=seed,
+            work_dir=work_dir, force=force,
+        )  # fmt: skip
+
+    return run_participants(
+        list(by_label), one, output_dir, step="register", n_workers=n_workers,
+        scheduler=scheduler, progress=progress,
+    )  # fmt: skip

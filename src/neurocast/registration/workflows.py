@@ -83,7 +83,8 @@ def preprocess_session(
         import json
 
         record = json.loads(writer.path(qc_rel).read_text())
-        return {**record["row"], "skipped": True}
+        if record["row"]["passed"]:  # a failed session is retried, never counted as done
+            return {**record["row"], "skipped": True}
 
     result = preprocess_t1w(
         source,
@@ -265,7 +266,9 @@ def register_participant(
     prov = {"inputs": inputs, "parameters": params, "seed": seed}
     qc_rel = f"{sub}/anat/{sub}_desc-longitudinal_qc.json"
     if not force and writer.is_complete(qc_rel, **prov):
-        raise Skipped(json.loads(writer.path(qc_rel).read_text())["summary"])
+        done = json.loads(writer.path(qc_rel).read_text())["summary"]
+        if done["passed"]:  # a failed participant is retried, never counted as done
+            raise Skipped(done)
 
     grid = working_grid(grid_spacing_mm)
     al = align_subject(

@@ -1,0 +1,69 @@
+"""Dataset-level preprocessing: outputs, QC table, failure isolation and resume (stubbed registration)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+import neurocast.registration.preprocess as pp
+from nc_testutils import make_bids
+from neurocast.registration.template import Grid
+from neurocast.registration.workflows import preprocess_dataset
+
+
+def _fake_result(passed: bool) -> pp.PreprocessResult:
+    grid = Grid((4, 4, 4), np.diag([2.0, 2.0, 2.0, 1.0]))
+    img = grid.image(np.ones(grid.shape, np.float32))
+    mask = grid.image(np.ones(grid.shape, np.uint8))
+    qc = {"passed": passed, "similarity": 0.8 if passed else 0.1, "mask_volume_ml": 1400.0,
+          "reasons": [] if passed else ["similarity 0.10 under 0.5"]}  # fmt: skip
+    return pp.PreprocessResult(img, mask, img, mask, np.eye(4), False, qc, grid, {})
+
+
+@pytest.fixture
+def stub(monkeypatch):
+    calls: list[str] = []
+    outcomes: dict[str, list[bool]] = {}
+
+    def fake(path, **kwargs):
+        calls.append(Path(path).name)
+        queue = outcomes.get(Path(path).name, [True])
+        return _fake_result(queue.pop(0) if len(queue) > 1 else queue[0])
+
+    monkeypatch.setattr(pp, "preprocess_t1w", fake)
+    return calls, outcomes
+
+
+def test_outputs_qc_failure_and_resume(tmp_path: Path, stub) -> None:
+    calls, outcomes = stub
+    root = make_bids(tmp_path / "ds", {"01": ["bl", "m12"], "02": ["bl"]})
+    outcomes["sub-02_ses-bl_T1w.nii.gz"] = [False, True]  # fails once, then passes
+    out = tmp_path / "out"
+    summary, qc = preprocess_dataset(root, out, progress=False)
+    assert (summary.n_done, summary.n_failed) == (1, 1)
+    assert list(qc["participant_id"]) == ["sub-01", "sub-01"]
+    anat = out / "sub-01" / "ses-bl" / "anat"
+    names = {p.name for p in anat.iterdir()}
+    assert "sub-01_ses-bl_space-MNI152NLin2009aSym_res-2_desc-preproc_T1w.nii.gz" in names
+    assert "sub-01_ses-bl_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat" in names
+    assert "sub-01_ses-bl_space-MNI152NLin2009aSym_res-2_desc-preproc_T1w.json" in names
+    failures = pd.read_csv(out / "logs" / "failures.tsv", sep="\t")
+    assert (
+        list(failures["participant_id"]) == ["sub-02"]
+        and "failed its checks" in failures["error"][0]
+    )
+    assert not list(
+        (out / "sub-02" / "ses-bl" / "anat").glob("*.nii.gz")
+    )  # nothing but the QC record
+
+    calls.clear()
+    summary, qc = preprocess_dataset(root, out, progress=False)
+    assert calls == ["sub-02_ses-bl_T1w.nii.gz"]  # sub-01 reused, failed sub-02 retried
+    assert (summary.n_done, summary.n_skipped, summary.n_failed) == (1, 1, 0)
+    assert len(qc) == 3 and qc["passed"].all()
+    assert not pd.read_csv(out / "logs" / "failures.tsv", sep="\t").shape[0]
+    assert nib.load(str(anat / "sub-01_ses-bl_desc-brain_mask.nii.gz")).shape == (4, 4, 4)

@@ -33,19 +33,22 @@ class SynParams:
         syn_update_sigma, syn_total_sigma: Gaussian regularisation (voxels) of the update and of
             the total field.
         syn_iterations, syn_shrink, syn_smoothing_vox: SyN schedule, coarse to fine.
-        cc_radius: radius (voxels) of the neighbourhood cross-correlation metric of SyN.
+        syn_metric: ``"CC"`` (neighbourhood cross-correlation, radius ``cc_radius`` voxels) or
+            ``"MI"`` (Mattes mutual information, 32 bins, every voxel).
+        cc_radius: radius (voxels) of the cross-correlation neighbourhood.
     """
 
     linear: tuple[str, ...] = ("Rigid", "Affine")
-    linear_iterations: tuple[int, ...] = (500, 250, 100)
+    linear_iterations: tuple[int, ...] = (200, 100, 50)
     linear_shrink: tuple[int, ...] = (4, 2, 1)
     linear_smoothing_vox: tuple[float, ...] = (2.0, 1.0, 0.0)
     syn_step: float = 0.2
     syn_update_sigma: float = 3.0
     syn_total_sigma: float = 0.0
-    syn_iterations: tuple[int, ...] = (100, 70, 40)
+    syn_iterations: tuple[int, ...] = (50, 30, 0)
     syn_shrink: tuple[int, ...] = (4, 2, 1)
     syn_smoothing_vox: tuple[float, ...] = (2.0, 1.0, 0.0)
+    syn_metric: str = "CC"
     cc_radius: int = 2
 
     def as_dict(self) -> dict:
@@ -159,9 +162,15 @@ def register_syn(
             "--smoothing-sigmas", _csv(p.linear_smoothing_vox) + "vox",
             "--masks", f"[{fm},{mm}]",
         ]  # fmt: skip
+    if p.syn_metric == "CC":
+        syn_metric = f"CC[{f_str},{m_str},1,{p.cc_radius}]"
+    elif p.syn_metric == "MI":
+        syn_metric = f"MI[{f_str},{m_str},1,32]"
+    else:
+        raise ValueError(f"unknown SyN metric {p.syn_metric!r}")
     args += [
         "--transform", f"SyN[{p.syn_step},{p.syn_update_sigma},{p.syn_total_sigma}]",
-        "--metric", f"CC[{f_str},{m_str},1,{p.cc_radius}]",
+        "--metric", syn_metric,
         "--convergence", f"[{_csv(p.syn_iterations)},1e-6,10]",
         "--shrink-factors", _csv(p.syn_shrink),
         "--smoothing-sigmas", _csv(p.syn_smoothing_vox) + "vox",
@@ -169,7 +178,7 @@ def register_syn(
     ]  # fmt: skip
     threads.mark_itk_used()
     code = _libfn()(args)
-    del keep
+    keep.clear()
     if code != 0:
         raise RuntimeError(f"antsRegistration failed with exit code {code}")
     affine = Path(prefix + "0GenericAffine.mat")

@@ -1,0 +1,101 @@
+"""Truth is what the images show: registration on simulated raw images vs the simulator's truth.
+
+Simulates a cohort, runs ``neurocast register`` on its raw T1w images (never the truth files),
+and compares the measured regional volume change of every follow-up (from the Jacobian of the
+fitted velocity field, on the default atlas) with the true change written by the simulator.
+
+Target (issue 4): mean absolute difference <= 10 % of the mean absolute true change, for the
+hippocampus and the lateral ventricles (bilateral composites).
+
+Usage::
+
+    python benchmarks/simulate_truth_check.py --n-subjects 6 --seed 11 --work /tmp/truthcheck
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+REGIONS = ("Hippocampus", "Lateral-Ventricles")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--n-subjects", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/neurocast-truthcheck"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("simulate_truth_check.md"))
+    args = ap.parse_args()
+    study, out = args.work / "study", args.work / "out"
+    t0 = time.perf_counter()
+    if not (study / "participants.tsv").exists():
+        subprocess.run([sys.executable, "-m", "neurocast.cli.main", "simulate", str(study), "--n-subjects",
+                        str(args.n_subjects), "--seed", str(args.seed), "-q"], check=True)  # fmt: skip
+    t_sim = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "neurocast.cli.main", "register", str(study), str(out),
+                    "participant", "-q", "--seed", "0"], check=False)  # fmt: skip
+    t_reg = time.perf_counter() - t0
+
+    truth = pd.read_csv(
+        study / "derivatives" / "neurocast-truth" / "regional_volumes.tsv", sep="\t"
+    )
+    truth = truth[truth["region"].isin(REGIONS)][
+        ["participant_id", "session_id", "region", "ratio_to_baseline"]
+    ]
+    measured = pd.concat(
+        [
+            pd.read_csv(f, sep="\t")
+            for f in sorted(
+                glob.glob(str(out / "sub-*/ses-*/anat/*_desc-regionalchange_volumes.tsv"))
+            )
+        ],
+        ignore_index=True,
+    )
+    measured = measured[measured["region"].isin(REGIONS)][
+        ["participant_id", "session_id", "region", "volume_ratio"]
+    ]
+    both = truth.merge(measured, on=["participant_id", "session_id", "region"])
+    both["true_change_pct"] = 100 * (both["ratio_to_baseline"] - 1)
+    both["measured_change_pct"] = 100 * (both["volume_ratio"] - 1)
+    both["abs_diff_pct"] = (both["measured_change_pct"] - both["true_change_pct"]).abs()
+
+    lines = [
+        "# Simulated truth vs registration (issue 4)",
+        "",
+        f"Command: `python benchmarks/simulate_truth_check.py --n-subjects {args.n_subjects} --seed {args.seed}`; "
+        "machine: 2-core CPU (shared with other jobs), date 2026-11-22.",
+        f"Simulation {t_sim:.0f} s, registration of {args.n_subjects} subjects {t_reg:.0f} s. "
+        f"{len(both)} (follow-up, region) pairs.",
+        "",
+        "Change = follow-up volume / baseline volume - 1, in percent of the baseline volume. "
+        "Ratio = mean |measured - true| / mean |true| (target <= 0.10).",
+        "",
+        "| region | pairs | mean true change % | mean measured change % | mean abs diff (points) | ratio to mean abs true change | slope measured/true | target met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for region, g in both.groupby("region"):
+        ratio = g["abs_diff_pct"].mean() / g["true_change_pct"].abs().mean()
+        slope = (g["measured_change_pct"] * g["true_change_pct"]).sum() / (
+            g["true_change_pct"] ** 2
+        ).sum()
+        lines.append(
+            f"| {region} | {len(g)} | {g['true_change_pct'].mean():.2f} | {g['measured_change_pct'].mean():.2f} | "
+            f"{g['abs_diff_pct'].mean():.2f} | {ratio:.2f} | {slope:.2f} | {'yes' if ratio <= 0.10 else 'no'} |"
+        )
+    lines += ["", "Per pair:", "", "```\n" + both.round(3).to_string(index=False) + "\n```"]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:14]))
+
+
+if __name__ == "__main__":
+    main()

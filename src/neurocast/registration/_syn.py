@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from neurocast.registration import threads
+from neurocast.registration._ants import _libfn, _pointer, ants_seed
 from neurocast.registration.transforms import matrix_to_ants
 
 
@@ -71,22 +72,6 @@ class SynResult:
     inverse_flags: list[bool]
 
 
-def _pointer(img) -> str:
-    try:
-        from ants.internal import get_pointer_string
-    except ImportError:  # pragma: no cover - older antspyx
-        from ants.utils import get_pointer_string  # type: ignore[no-redef]
-    return get_pointer_string(img)
-
-
-def _libfn():
-    try:
-        from ants.internal import get_lib_fn
-    except ImportError:  # pragma: no cover - older antspyx
-        from ants.utils import get_lib_fn  # type: ignore[no-redef]
-    return get_lib_fn("antsRegistration")
-
-
 def _csv(values) -> str:
     return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
@@ -112,7 +97,7 @@ def register_syn(
         fixed_mask, moving_mask: ANTs images, non-zero inside; used by every stage.
         initial: optional 4x4 RAS matrix mapping fixed points to moving points to start from;
             ``None`` aligns the intensity centres of mass.
-        seed: ``--random-seed`` (same seed and thread count, same result).
+        seed: neurocast seed, passed to ANTs as ``seed + 1`` (see :func:`~neurocast.registration._ants.ants_seed`).
         tag: file name stem inside ``work_dir``.
 
     Raises:
@@ -151,7 +136,7 @@ def register_syn(
         "--winsorize-image-intensities", "[0.005,0.995]",
         "--use-histogram-matching", "1",
         "--initial-moving-transform", init,
-        "--random-seed", str(int(seed)),
+        "--random-seed", str(ants_seed(seed)),  # 0 would mean "from the clock"
     ]  # fmt: skip
     for kind in p.linear:
         args += [
@@ -213,6 +198,8 @@ def moving_coordinates(fixed, moving_shape, result: SynResult, moving_affine_img
     grids = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in moving_shape], indexing="ij")
     for axis in range(3):
         idx = moving_affine_img.new_image_like(np.ascontiguousarray(grids[axis]))
-        w = ants.apply_transforms(fixed, idx, result.forward, interpolator="linear", defaultvalue=-1.0)
+        w = ants.apply_transforms(
+            fixed, idx, result.forward, interpolator="linear", defaultvalue=-1.0
+        )
         out.append(w.numpy().astype(np.float32))
     return np.stack(out)

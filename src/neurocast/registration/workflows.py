@@ -136,12 +136,16 @@ def preprocess_session(
     return {**row, "skipped": False}
 
 
-def _select(
+def _open_dataset(
     bids_dir: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
     participant_label: Iterable[str] | None,
     session_label: Iterable[str] | None,
-) -> BIDSDataset:
-    return discover(bids_dir, participant_label, session_label)
+) -> tuple[DerivativesWriter, dict[str, Participant]]:
+    """The selected participants by label, and the writer of the derivatives folder."""
+    ds: BIDSDataset = discover(bids_dir, participant_label, session_label)
+    writer = DerivativesWriter(output_dir, source_datasets=[str(Path(bids_dir).resolve())])
+    return writer, {p.label: p for p in ds.participants}
 
 
 def preprocess_dataset(
@@ -179,9 +183,7 @@ def preprocess_dataset(
         The batch summary and the QC table (one row per session; also written to
         ``output_dir/group_desc-preproc_qc.tsv``).
     """
-    ds = _select(bids_dir, participant_label, session_label)
-    writer = DerivativesWriter(output_dir, source_datasets=[str(Path(bids_dir).resolve())])
-    by_label = {p.label: p for p in ds.participants}
+    writer, by_label = _open_dataset(bids_dir, output_dir, participant_label, session_label)
 
     def one(label: str) -> list[dict[str, Any]]:
         p = by_label[label]
@@ -355,9 +357,7 @@ def register_dataset(
     Arguments as :func:`preprocess_dataset`, plus ``field_spacing_mm``, the spacing of the
     velocity-field grid (a whole multiple of ``grid_spacing_mm``).
     """
-    ds = _select(bids_dir, participant_label, session_label)
-    writer = DerivativesWriter(output_dir, source_datasets=[str(Path(bids_dir).resolve())])
-    by_label = {p.label: p for p in ds.participants}
+    writer, by_label = _open_dataset(bids_dir, output_dir, participant_label, session_label)
 
     def one(label: str) -> dict[str, Any]:
         return register_participant(

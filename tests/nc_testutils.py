@@ -59,3 +59,94 @@ def make_bids(
     if participants_tsv is not None:
         (root / "participants.tsv").write_text(participants_tsv)
     return root
+
+
+UNPICKLED_MARKER = "UNPICKLED"
+"""File that :func:`make_bad_checkpoints`' pickle payload creates if anything ever unpickles it."""
+
+BAD_CHECKPOINT_MESSAGES = {
+    "truncated": r"model\.safetensors: \d+ bytes but the model card says \d+ \(truncated",
+    "mismatched_config": r"model\.safetensors: weights do not match the model config",
+    "pickle": r"model\.safetensors: not a safetensors file \(a pickle",
+    "torch_save": r"model\.safetensors: not a safetensors file \(a zip archive",
+    "no_card": r"model_card\.json: no model card",
+}
+"""Regex each kind of :func:`make_bad_checkpoints` must raise (as a CheckpointError) when loaded."""
+
+
+class _UnpicklePayload:
+    """Unpickling this opens (creates) a marker file: proof that something unpickled it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _forge_card(ckpt: Path, name: str) -> None:
+    """Rewrite the card's hash and size of ``name``, as an attacker would: only content checks
+    can catch the file then."""
+    import hashlib
+    import json
+
+    card = json.loads((ckpt / "model_card.json").read_text())
+    data = (ckpt / name).read_bytes()
+    card["files"][name].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (ckpt / "model_card.json").write_text(json.dumps(card))
+
+
+def make_bad_checkpoints(tmp_path: Path, good: Path | None = None) -> dict[str, Path]:
+    """Checkpoint folders that every loader must refuse with a CheckpointError naming the file.
+
+    Args:
+        tmp_path: where to write them (``tmp_path/bad_checkpoints/<kind>``).
+        good: a valid checkpoint folder to spoil (default: a tiny 2-D backbone saved here), so a
+            forecaster's or anomaly model's own checkpoint can be spoiled the same way.
+
+    Returns:
+        kind -> checkpoint folder, for the kinds of :data:`BAD_CHECKPOINT_MESSAGES`:
+        ``truncated`` (weights cut in half), ``mismatched_config`` (the card's config no longer
+        fits the weights), ``pickle`` (weights replaced by a pickle whose unpickling creates
+        ``tmp_path / UNPICKLED_MARKER``; the card is forged to match its hash and size),
+        ``torch_save`` (a zip archive like ``torch.save`` writes, card forged too), ``no_card``.
+    """
+    import json
+    import pickle
+    import shutil
+    import zipfile
+
+    base = tmp_path / "bad_checkpoints"
+    base.mkdir(parents=True, exist_ok=True)
+    if good is None:
+        import torch
+
+        from neurocast.backbone import BackboneConfig, build_backbone, save_checkpoint
+
+        torch.manual_seed(0)
+        net = build_backbone(BackboneConfig(spatial_dims=2, target_channels=1, channels=(8, 16)))
+        good = save_checkpoint(base / "good", net, seed=0)
+    out = {kind: base / kind for kind in BAD_CHECKPOINT_MESSAGES}
+    for path in out.values():
+        shutil.copytree(good, path, dirs_exist_ok=True)
+
+    weights = out["truncated"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+    card_path = out["mismatched_config"] / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["config"]["channels"] = [c * 2 for c in card["config"]["channels"]]
+    card_path.write_text(json.dumps(card))
+
+    marker = str(tmp_path / UNPICKLED_MARKER)
+    (out["pickle"] / "model.safetensors").write_bytes(
+        pickle.dumps({"weight": _UnpicklePayload(marker)}, protocol=4)
+    )
+    _forge_card(out["pickle"], "model.safetensors")
+
+    with zipfile.ZipFile(out["torch_save"] / "model.safetensors", "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps({"weight": _UnpicklePayload(marker)}))
+    _forge_card(out["torch_save"], "model.safetensors")
+
+    (out["no_card"] / "model_card.json").unlink()
+    return out

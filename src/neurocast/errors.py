@@ -46,13 +46,18 @@ class InvalidTableError(InputError):
 
     def __init__(self, path: str | os.PathLike[str] | None, problems: list[dict]) -> None:
         self.problems = problems
-        lines = [
-            f"  - column {p.get('column')!r}"
-            + (f", row {p['row']}" if p.get("row") is not None else "")
-            + (f", value {p['value']!r}" if p.get("value") is not None else "")
-            + f": {p['message']}"
-            for p in problems
-        ]
+        lines = []
+        for p in problems:
+            where = [
+                text
+                for key, text in (
+                    ("column", f"column {p.get('column')!r}"),
+                    ("row", f"row {p.get('row')}"),
+                    ("value", f"value {p.get('value')!r}"),
+                )
+                if p.get(key) is not None
+            ]
+            lines.append("  - " + (", ".join(where) + ": " if where else "") + p["message"])
         super().__init__(path, f"{len(problems)} problem(s) in table:\n" + "\n".join(lines))
 
 
@@ -81,9 +86,20 @@ class RegistrationFailedError(NeurocastError):
 
 
 class OutputError(NeurocastError):
-    """An output cannot be written (unwritable folder, path escaping the output folder)."""
+    """An output cannot be written (unwritable folder, path escaping the output folder).
+
+    Raised as ``OutputError(path, problem)`` (message ``"<path>: <problem>"``) or with one message.
+    """
 
     exit_code = 73  # EX_CANTCREAT
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str | None = None) -> None:
+        if problem is None:  # one argument: the whole message
+            self.path, self.problem = None, str(path)
+        else:
+            self.path = None if path is None else os.fspath(path)
+            self.problem = problem
+        super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)
 
 
 EXIT_CODES: dict[str, int] = {

@@ -295,6 +295,7 @@ def sample(
     return_intermediates: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     channels_last: bool | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor | SampleResult:
     """Generate samples with DDIM (pass the EMA model).
 
@@ -320,6 +321,9 @@ def sample(
         channels_last: switch the model to the channels-last layout (faster 3-D convolutions on
             CPU; see :meth:`DiffusionBackbone.use_channels_last`). Default: on for 3-D models on
             CPU, otherwise left as is.
+        noise: the initial noise ``x_T`` (normalised units), shape ``(B * num_samples, C, *spatial)``
+            in the order of the result; default: drawn from the generator. With ``eta=0`` sampling
+            is deterministic given it (e.g. the same noise for several horizons of one subject).
 
     Returns:
         Samples in data units (multiplied by ``config.target_scale``), on the model's device.
@@ -365,7 +369,13 @@ def sample(
     g = _make_generator(seed, generator, dev)
     scheduler = make_sampling_scheduler(cfg, num_inference_steps)
     timesteps = [int(t) for t in scheduler.timesteps]
-    x = torch.randn((b * k, cfg.target_channels, *spatial), generator=g, device=dev)
+    want = (b * k, cfg.target_channels, *spatial)
+    if noise is None:
+        x = torch.randn(want, generator=g, device=dev)
+    elif tuple(noise.shape) != want:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {want}")
+    else:
+        x = noise.to(device=dev, dtype=torch.float32)
     x, x0s = _denoise(
         model,
         x,

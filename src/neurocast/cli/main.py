@@ -91,15 +91,26 @@ def validate(
 
 
 def _register_commands() -> None:
+    from neurocast.cli.anomaly_cmds import qa, train_anomaly
     from neurocast.cli.cohort_cmds import cohort, survival
+    from neurocast.cli.forecast_cmds import forecast, train_progress
     from neurocast.cli.registration_cmds import preprocess, register
+    from neurocast.cli.run_cmds import demo, run
     from neurocast.cli.simulate_cmd import simulate
+    from neurocast.cli.train_cmds import train
 
     cli.add_command(simulate)
     cli.add_command(preprocess)
     cli.add_command(register)
     cli.add_command(cohort)
     cli.add_command(survival)
+    cli.add_command(run)
+    cli.add_command(demo)
+    cli.add_command(train)
+    cli.add_command(qa)
+    train.add_command(train_anomaly, "anomaly")
+    cli.add_command(forecast)
+    train.add_command(train_progress, "progress")
 
 
 _register_commands()

@@ -14,7 +14,15 @@ F = Callable[..., Any]
 def _split_labels(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> list[str] | None:
+    from neurocast.io.bids import normalise_label
+
     labels = [x for v in value for x in v.replace(",", " ").split() if x]
+    prefix = "ses" if param.name == "session_label" else "sub"
+    for label in labels:  # refuse '../x', '<script>' and the like before anything runs
+        try:
+            normalise_label(label, prefix)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
     return labels or None
 
 
@@ -100,16 +108,24 @@ def setup_run(output_dir: Path, n_threads: int | None, quiet: bool, verbose: boo
     """Thread counts, and logging to the terminal and to ``OUTPUT_DIR/logs/neurocast.log``."""
     import logging
 
+    from neurocast.errors import OutputError
     from neurocast.registration.threads import set_threads
 
     set_threads(n_threads or 1)
     log_dir = output_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if output_dir.resolve() not in log_dir.resolve().parents:
+            raise OutputError(log_dir, "logs folder is a link out of the output folder")
+        fh = logging.FileHandler(log_dir / "neurocast.log", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(
+            output_dir, f"cannot write the output folder ({exc.strerror or exc})"
+        ) from exc
     logger = logging.getLogger("neurocast")
     logger.setLevel(logging.DEBUG)
     for h in list(logger.handlers):
         logger.removeHandler(h)
-    fh = logging.FileHandler(log_dir / "neurocast.log", encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     fh.setLevel(logging.DEBUG)
     sh = logging.StreamHandler()

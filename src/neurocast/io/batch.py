@@ -5,7 +5,8 @@ logged (its traceback in ``OUTPUT_DIR/logs/<participant>_<step>.log``, a row in
 ``OUTPUT_DIR/logs/failures.tsv``) and the others go on. A lock file stops two runs from writing into
 the same output folder at once. Work is done in-process (``n_workers=1``) or on a Dask cluster
 (``n_workers>1`` starts a local one, ``scheduler`` connects to an existing one): each participant is
-one task.
+one task; a task lost with its worker (killed, over its memory limit) is that participant's failure.
+A whole-study run holds the lock across its steps with ``output_lock(..., reentrant=True)``.
 
 Example:
     >>> import tempfile
@@ -23,6 +24,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -92,9 +94,26 @@ class Skipped(Exception):
         self.value = value
 
 
+_held = threading.local()
+
+
+def _held_locks() -> set[Path]:
+    """Output folders whose lock the calling thread holds re-entrantly."""
+    if not hasattr(_held, "paths"):
+        _held.paths = set()
+    return _held.paths
+
+
 @contextlib.contextmanager
-def output_lock(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
+def output_lock(output_dir: str | os.PathLike[str], *, reentrant: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on an output folder for the duration of a run.
+
+    Args:
+        output_dir: the output folder (created if needed).
+        reentrant: let nested ``output_lock`` calls on the same folder *from the same thread*
+            pass (a whole-study run holds the lock while its steps, each of which locks the
+            folder too, run one after the other). Another process, or another thread, is still
+            refused.
 
     Raises:
         OutputError: another neurocast run holds the lock.
@@ -102,6 +121,11 @@ def output_lock(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     path = root / LOCK_NAME
+    key = root.resolve()
+    held = _held_locks()
+    if key in held:  # this thread's enclosing run already holds the lock
+        yield path
+        return
     fh = open(path, "a+")
     try:
         try:
@@ -116,7 +140,12 @@ def output_lock(output_dir: str | os.PathLike[str]) -> Iterator[Path]:
         fh.truncate()
         fh.write(f"pid {os.getpid()}")
         fh.flush()
-        yield path
+        if reentrant:
+            held.add(key)
+        try:
+            yield path
+        finally:
+            held.discard(key)
     finally:
         fh.close()
 
@@ -223,7 +252,14 @@ def run_participants(
                 }
                 by_label = {}
                 for fut in as_completed(futures):
-                    res = fut.result()
+                    label = futures[fut]
+                    try:
+                        res = fut.result()
+                    except Exception as exc:  # the worker died (memory limit, kill): one failure
+                        res = TaskResult(
+                            label, "failed", 0.0, traceback.format_exc(),
+                            f"Dask task lost ({type(exc).__name__}: {exc})",
+                        )  # fmt: skip
                     by_label[res.participant] = res
                     bar.update()
                 results = [by_label[label] for label in participants]

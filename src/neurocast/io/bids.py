@@ -126,6 +126,14 @@ def _listdir(path: Path) -> list[os.DirEntry]:
         return []
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()``, False for symlink loops and unreadable entries (never raises)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def _find_t1w(anat: Path, sub: str, ses: str | None, warnings: list[str]) -> list[Path]:
     found = []
     for entry in _listdir(anat):
@@ -135,7 +143,11 @@ def _find_t1w(anat: Path, sub: str, ses: str | None, warnings: list[str]) -> lis
         if m["sub"] != sub or (m["ses"] or None) != ses:
             warnings.append(f"{anat / entry.name}: file name does not match its folder; ignored")
             continue
-        if not entry.is_file():  # broken symlink, folder, loop
+        try:
+            is_file = entry.is_file()
+        except OSError:  # a symlink loop
+            is_file = False
+        if not is_file:  # broken symlink, folder, loop
             warnings.append(f"{anat / entry.name}: not a readable file; ignored")
             continue
         found.append(anat / entry.name)
@@ -144,6 +156,11 @@ def _find_t1w(anat: Path, sub: str, ses: str | None, warnings: list[str]) -> lis
 
 def _parse_date(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace(" ", "T"))
+
+
+def _known(value: Any) -> Any:
+    """``None`` for a missing cell: pandas turns the ``None`` of a numeric column into NaN."""
+    return None if isinstance(value, float) and value != value else value
 
 
 def _visit_times(sessions: list[Session]) -> None:
@@ -215,11 +232,20 @@ def discover(
         None if session_label is None else [normalise_label(x, "ses") for x in session_label]
     )
 
-    sub_dirs = {
-        e.name[4:]: Path(e.path)
-        for e in _listdir(root)
-        if e.name.startswith("sub-") and e.is_dir() and LABEL_RE.match(e.name[4:])
-    }
+    sub_dirs: dict[str, Path] = {}
+    for e in _listdir(root):
+        if not e.name.startswith("sub-"):
+            continue
+        if not _is_dir(e):
+            if e.is_symlink():
+                warnings.append(f"{e.path}: symlink to no readable folder (a loop?); ignored")
+        elif not LABEL_RE.match(e.name[4:]):
+            warnings.append(
+                f"{os.fspath(root / e.name)!r}: not a valid BIDS participant folder (the label "
+                "may hold only letters and digits); ignored"
+            )
+        else:
+            sub_dirs[e.name[4:]] = Path(e.path)
     if not sub_dirs:
         raise InvalidDatasetError(root, "no sub-<label> folders found: is this a BIDS dataset?")
 
@@ -230,7 +256,7 @@ def discover(
         ptable = read_table(ppath, "participants")
         for rec in ptable.to_dict(orient="records"):
             label = rec["participant_id"][4:]
-            covariates[label] = {k: rec.get(k) for k in COVARIATES}
+            covariates[label] = {k: _known(rec.get(k)) for k in COVARIATES}
         for label in sorted(set(covariates) - set(sub_dirs)):
             warnings.append(f"{ppath}: sub-{label} is listed but has no folder")
     else:
@@ -257,7 +283,7 @@ def discover(
         ses_dirs = [
             e
             for e in _listdir(sdir)
-            if e.name.startswith("ses-") and e.is_dir() and LABEL_RE.match(e.name[4:])
+            if e.name.startswith("ses-") and _is_dir(e) and LABEL_RE.match(e.name[4:])
         ]
         sessions: list[Session] = []
         if ses_dirs:
@@ -276,7 +302,10 @@ def discover(
         spath = sdir / f"sub-{label}_sessions.tsv"
         if spath.is_file() and ses_dirs:
             stable = read_table(spath, "sessions")
-            rows = {r["session_id"][4:]: r for r in stable.to_dict(orient="records")}
+            rows = {
+                r["session_id"][4:]: {k: _known(v) for k, v in r.items()}
+                for r in stable.to_dict(orient="records")
+            }
             for s in sessions:
                 if s.label in rows:
                     s.info = rows[s.label]
@@ -288,6 +317,11 @@ def discover(
             raise InvalidTableError(
                 spath, [{"column": "acq_time", "message": f"bad date ({exc})"}]
             ) from exc
+        if spath.is_file() and ses_dirs and any(s.time_years is None for s in sessions):
+            warnings.append(
+                f"{spath}: visit times unknown (every session needs acq_time or age); "
+                "sessions kept in label order"
+            )
         if sess_wanted is not None:
             sessions = [s for s in sessions if s.label in sess_wanted]
         if not sessions:

@@ -131,9 +131,20 @@ class DerivativesWriter:
         rel = Path(relpath)
         if rel.is_absolute():
             raise OutputError(rel, "output paths must be relative to the output folder")
-        full = (self.root / rel).resolve()
+        try:
+            full = (self.root / rel).resolve()
+        except (ValueError, OSError) as exc:  # a NUL byte, a symlink loop
+            raise OutputError(repr(os.fspath(rel)), f"not a usable output path ({exc})") from exc
         if full != self.root and self.root not in full.parents:
             raise OutputError(rel, f"output path escapes the output folder {self.root}")
+        return full
+
+    def _file(self, relpath: str | os.PathLike[str]) -> Path:
+        """:meth:`path` for a file to write: also refuses the output folder itself (whose
+        temporary file would land beside, outside the folder)."""
+        full = self.path(relpath)
+        if full == self.root:
+            raise OutputError(relpath, "output path names the output folder itself, not a file")
         return full
 
     def _finish(self, out: Path, prov: dict[str, Any]) -> Path:
@@ -153,23 +164,23 @@ class DerivativesWriter:
         extra: dict[str, Any] | None = None,
     ) -> Path:
         """Write a NIfTI output and its JSON sidecar (provenance plus ``extra`` BIDS fields)."""
-        out = write_nifti_atomic(self.path(relpath), img)
+        out = write_nifti_atomic(self._file(relpath), img)
         prov = provenance(inputs, parameters, seed, model_card_sha256)
         return self._finish(out, {**(extra or {}), **prov})
 
     def write_tsv(self, relpath: str | os.PathLike[str], table: pd.DataFrame, **prov: Any) -> Path:
         """Write a TSV output and its provenance sidecar (keywords as :func:`provenance`)."""
-        out = write_tsv_atomic(self.path(relpath), table)
+        out = write_tsv_atomic(self._file(relpath), table)
         return self._finish(out, provenance(**prov))
 
     def write_json(self, relpath: str | os.PathLike[str], obj: Any, **prov: Any) -> Path:
         """Write a JSON output and its provenance sidecar (keywords as :func:`provenance`)."""
-        out = write_json_atomic(self.path(relpath), obj)
+        out = write_json_atomic(self._file(relpath), obj)
         return self._finish(out, provenance(**prov))
 
     def write_text(self, relpath: str | os.PathLike[str], text: str, **prov: Any) -> Path:
         """Write a text output (e.g. HTML) and its provenance sidecar."""
-        out = write_text_atomic(self.path(relpath), text)
+        out = write_text_atomic(self._file(relpath), text)
         return self._finish(out, provenance(**prov))
 
     def write_with(
@@ -180,7 +191,7 @@ class DerivativesWriter:
         ``writer(tmp_path)`` writes to a temporary path that is renamed onto the output once it
         returns; the provenance sidecar follows (keywords as :func:`provenance`).
         """
-        out = self.path(relpath)
+        out = self._file(relpath)
         with atomic_path(out) as tmp:
             writer(tmp)
         return self._finish(out, provenance(**prov))

@@ -84,7 +84,40 @@ def _open(path: Path) -> nib.Nifti1Image | nib.Nifti2Image:
         raise InvalidImageError(
             path, f"not a NIfTI image (nibabel read it as {type(img).__name__})"
         )
+    dtype = img.get_data_dtype()
+    if dtype.kind == "c":
+        raise InvalidImageError(
+            path, f"complex-valued voxels ({dtype}); expected a magnitude (real-valued) T1w scan"
+        )
+    if dtype.kind not in "biuf":
+        raise InvalidImageError(
+            path, f"voxels of type {dtype} (e.g. RGB); expected one real number per voxel"
+        )
+    _check_raw_pixdim(path, img)
     return img
+
+
+def _check_raw_pixdim(path: Path, img: nib.Nifti1Image | nib.Nifti2Image) -> None:
+    """Refuse a zero or non-finite voxel size where the affine comes from ``pixdim``.
+
+    nibabel silently sets zero ``pixdim`` entries to 1 mm when it reads a header; where no sform
+    overrides them, that would give the scan an invented geometry (and wrong volumes in ml).
+    """
+    if int(img.header["sform_code"]) > 0:
+        return
+    try:
+        with nib.openers.ImageOpener(str(path)) as fh:
+            raw = type(img.header).from_fileobj(fh, check=False)
+    except (OSError, ValueError, EOFError, zlib.error, nib.spatialimages.HeaderDataError):
+        return  # already read once; errors in the data are reported when it is read
+    n = min(3, max(0, int(raw["dim"][0])))
+    pixdim = np.asarray(raw["pixdim"][1 : 1 + n], dtype=float)
+    if np.any(~np.isfinite(pixdim) | (pixdim == 0)):
+        raise InvalidImageError(
+            path,
+            f"voxel size in the header is {tuple(float(v) for v in pixdim)} (pixdim): zero or "
+            "not finite, so the scan's geometry is unknown",
+        )
 
 
 def _checked_geometry(path: Path, img: nib.Nifti1Image) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -159,7 +192,7 @@ def load_image(path: str | os.PathLike[str], *, canonical: bool = True) -> nib.N
     Raises:
         InvalidImageError: naming the file and the problem: missing, empty, not NIfTI, truncated,
             2-D, 4-D with several volumes, too large, singular or non-finite affine, implausible
-            voxel size, NaN/Inf values, or a constant image.
+            (or zero) voxel size, complex or RGB voxels, NaN/Inf values, or a constant image.
     """
     path = Path(path)
     img = _open(path)

@@ -20,6 +20,7 @@ import functools
 import json
 import math
 import os
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -189,16 +190,50 @@ def read_table(path: str | os.PathLike[str], schema: dict[str, Any] | str) -> pd
         raise InvalidTableError(path, [{"message": "file does not exist", "column": None}])
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     try:
-        frame = pd.read_csv(
-            path, sep=sep, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8"
-        )
+        # index_col=False: a row with more cells than the header must not turn the first
+        # columns into an index (which shifts every value into the wrong column); such rows
+        # are reported below, so pandas' warning about them is not needed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                path, sep=sep, dtype=str, keep_default_na=False, na_values=[], encoding="utf-8",
+                index_col=False,
+            )  # fmt: skip
     except pd.errors.EmptyDataError as exc:
         raise InvalidTableError(
             path, [{"message": "table is empty (no header)", "column": None}]
         ) from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError as exc:
+        raise InvalidTableError(
+            path, [{"message": f"not UTF-8 text ({exc}); save the table as UTF-8", "column": None}]
+        ) from exc
+    except (pd.errors.ParserError, ValueError) as exc:
         raise InvalidTableError(
             path, [{"message": f"cannot parse table ({exc})", "column": None}]
         ) from exc
+    header, ragged = _header_and_ragged_rows(path, sep)
+    if ragged:
+        raise InvalidTableError(
+            path,
+            [
+                {"column": None, "row": i, "message": f"{n} cells but the header has {len(header)}"}
+                for i, n in ragged
+            ],
+        )
+    # pandas renames a repeated column ("age", "age.1"); keep the names as written so that
+    # validate_frame reports the repetition
+    if len(header) == len(frame.columns):
+        frame.columns = header
     frame.columns = [str(c).strip() for c in frame.columns]
     return validate_frame(frame, schema, path)
+
+
+def _header_and_ragged_rows(path: Path, sep: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """The header cells as written, and (1-based data row, cells) of rows longer than it."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        rows = csv.reader(fh, delimiter=sep)
+        header = next(rows, [])
+        ragged = [(i, len(r)) for i, r in enumerate(rows, start=1) if len(r) > len(header)]
+    return header, ragged

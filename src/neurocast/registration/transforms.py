@@ -46,6 +46,7 @@ import scipy.ndimage as ndi
 
 if TYPE_CHECKING:  # pragma: no cover
     import ants
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,25 @@ def write_ants_affine(matrix_ras: np.ndarray, path: str | os.PathLike[str]) -> P
     with atomic_path(path) as tmp:
         ants.write_transform(tx, str(tmp))
     return Path(path)
+
+
+def read_velocity(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Read a velocity field stored as a 4-D ``(x, y, z, 3)`` NIfTI vector image (voxel units).
+
+    The layout written by ``neurocast register`` and ``neurocast simulate`` (truth).
+
+    Returns:
+        (1, 3, x, y, z) float32 tensor.
+
+    Raises:
+        ValueError: the file is not a 4-D image with 3 components.
+    """
+    import torch
+
+    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    if data.ndim != 4 or data.shape[-1] != 3:
+        raise ValueError(f"{path}: expected a 4-D (x, y, z, 3) velocity field, got shape {data.shape}")
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, -1, 0)))[None]
 
 
 def _check_matrix(m: np.ndarray) -> None:

@@ -41,6 +41,7 @@ from neurocast.io.atomic import (
     write_text_atomic,
     write_tsv_atomic,
 )
+from neurocast.registration.transforms import read_velocity
 
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 TRUTH_DIR = Path("derivatives") / "neurocast-truth"
@@ -72,16 +73,6 @@ def velocity_image(velocity: Any, affine: np.ndarray) -> nib.Nifti1Image:
     img = grid_image(data, affine)
     img.header.set_intent(INTENT_VECTOR, (), name="velocity")
     return img
-
-
-def read_velocity(path: str | Path) -> Any:
-    """Read a velocity written by :func:`velocity_image` as a (1, 3, x, y, z) float32 tensor."""
-    import torch
-
-    data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-    if data.ndim != 4 or data.shape[-1] != 3:
-        raise ValueError(f"{path}: expected a 4-D (x, y, z, 3) velocity field, got shape {data.shape}")
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, -1, 0)))[None]
 
 
 class CohortWriter:

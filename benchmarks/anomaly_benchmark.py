@@ -1,0 +1,480 @@
+"""Benchmark of neurocast.anomaly against issue 6's figures, with the two baselines in the same run.
+
+What it does (every stage caches its output under ``--work``, so a rerun only redoes what is new):
+
+1. **Simulate** four cohorts with :func:`neurocast.simulate.simulate_cohort` (template anatomy):
+   ``train`` (healthy visits: no tumour, no artefact), ``calib`` (healthy, another seed),
+   ``lrtrain`` (motion artefacts, for the logistic-regression baseline only) and ``test`` (a new
+   seed: tumours of several sizes in half of the subjects, TorchIO motion of graded severity in
+   half of the visits, healthy visits otherwise).
+2. **Preprocess** every visit (:func:`neurocast.anomaly.prepare_scan`: N4, affine to the template,
+   brain mask, normalisation, MRIQC metrics), and the shared real scans: the six healthy IXI
+   adults (three for training, two for calibration, one held out) and the real glioblastoma at two
+   times (``tumor_progression``; its header's 1 mm voxel size is a placeholder, we use
+   ``--tumour-voxel-mm``, an estimate from head size: 0.82 x 0.82 x 6 mm).
+3. **Train** :class:`neurocast.anomaly.AnomalyDetector` on the healthy ``train`` visits (later
+   visits with the earlier one as prior) and the training IXI scans; **calibrate** on ``calib``
+   and the calibration IXI scans at ``--fpr`` (5 %).
+4. **Score** the test visits in time order per subject; the prior of a visit is the latest
+   earlier visit of the subject that was flagged ``pass`` (as ``neurocast qa`` does). Also without
+   prior, for comparison.
+5. **Measure**: tumour image-level AUROC (tumour visits vs healthy visits), voxel-level AUPRC and
+   Dice at the calibrated threshold (truth: the tumour label map in template space, core + rim +
+   oedema), motion AUROC per severity (motion visits vs healthy visits), the false-positive rate on
+   held-out healthy visits, the real scans, and time per scan. Baselines: (a) a voxel-wise
+   z-score map ``|x - mean| / sd`` against the healthy training scans in template space, with
+   the same post-processing, voxel threshold quantile and lesion score; (b) a logistic regression
+   on the MRIQC metrics trained on the ``lrtrain`` cohort's artefact and healthy visits.
+
+Run: ``python benchmarks/anomaly_benchmark.py --quick`` (a small smoke-size run on a 4 mm grid,
+tens of minutes on 2 shared cores: its figures show the pipeline works, not what the method can
+reach) or ``python benchmarks/anomaly_benchmark.py`` (the full size: 2 mm grid, larger cohorts,
+longer training; hours on CPU, use a GPU for training if there is one). Results go to
+``--work/results.json`` and are printed as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+DATA = (
+    Path(os.environ.get("NEUROCAST_SHARED_DATA", HERE.parent.parent / "shared" / "data")) / "real"
+)
+IXI_TRAIN = ("IXI012-HH-1211-T1", "IXI013-HH-1212-T1", "IXI014-HH-1236-T1")
+IXI_CALIB = ("IXI015-HH-1258-T1", "IXI033-HH-1259-T1")
+IXI_HELDOUT = ("IXI034-HH-1260-T1",)
+
+SIZES = {
+    "quick": dict(
+        grid=4.0, train=4, calib=3, lrtrain=3, test=6, visits=(2, 2), steps=300, batch=16,
+        channels=(16, 32, 64),
+    ),
+    "full": dict(
+        grid=2.0, train=20, calib=10, lrtrain=10, test=30, visits=(2, 3), steps=4000, batch=16,
+        channels=(32, 64, 64),
+    ),
+}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+
+
+def simulate(work: Path, name: str, n: int, seed: int, grid: float, visits, **changes) -> pd.DataFrame:
+    """Simulate (or reuse) one cohort; return its truth visits table with raw paths."""
+    from neurocast.simulate import SimulationConfig, simulate_cohort
+
+    root = work / "cohorts" / name
+    table = root / "derivatives" / "neurocast-truth" / "visits.tsv"
+    if not table.is_file():
+        cfg = SimulationConfig(grid_spacing_mm=grid, field_spacing_mm=max(4.0, 2 * grid),
+                               n_visits=tuple(visits), **changes)  # fmt: skip
+        simulate_cohort(root, n, seed=seed, config=cfg, progress=False)
+    v = pd.read_csv(table, sep="\t", keep_default_na=False, na_values=["n/a"])
+    v["path"] = [
+        str(root / p / s / "anat" / f"{p}_{s}_T1w.nii.gz")
+        for p, s in zip(v["participant_id"], v["session_id"], strict=True)
+    ]
+    res = f"{grid:g}".replace(".", "p")
+    v["tumour_truth"] = [
+        str(root / "derivatives" / "neurocast-truth" / p / s / "anat"
+            / f"{p}_{s}_space-MNI152NLin2009aSym_res-{res}_desc-tumour_dseg.nii.gz")
+        for p, s in zip(v["participant_id"], v["session_id"], strict=True)
+    ]  # fmt: skip
+    v["cohort"] = name
+    v["tumour_present"] = v["tumour_present"].astype(str).str.lower() == "true"
+    return v
+
+
+def save_scan(path: Path, scan: Any, seconds: float) -> None:
+    np.savez_compressed(
+        path,
+        image=scan.image,
+        brain_mask=scan.brain_mask,
+        grid_affine=scan.grid.affine,
+        native_to_template=scan.native_to_template,
+        native_affine=scan.native_affine,
+        native_shape=np.asarray(scan.native_shape),
+        meta=json.dumps({
+            "iqms": scan.iqms.to_dict() if scan.iqms else None,
+            "skull_stripped": scan.skull_stripped, "source": scan.source,
+            "seconds": seconds, "qc_seconds": scan.qc.get("seconds", {}),
+            "qc_passed": bool(scan.qc.get("passed", True)),
+        }),
+    )  # fmt: skip
+
+
+def load_scan(path: Path) -> tuple[Any, dict]:
+    from neurocast.anomaly import IQMResult, Scan
+    from neurocast.registration.template import Grid
+
+    d = np.load(path)
+    meta = json.loads(str(d["meta"]))
+    grid = Grid(tuple(int(s) for s in d["image"].shape), d["grid_affine"])  # type: ignore[arg-type]
+    scan = Scan(
+        d["image"], d["brain_mask"], grid,
+        native_to_template=d["native_to_template"], native_affine=d["native_affine"],
+        native_shape=tuple(int(s) for s in d["native_shape"]),  # type: ignore[arg-type]
+        iqms=IQMResult.from_dict(meta["iqms"]) if meta["iqms"] else None,
+        skull_stripped=meta["skull_stripped"], source=meta["source"],
+        qc={"passed": meta.get("qc_passed", True)},
+    )  # fmt: skip
+    return scan, meta
+
+
+def prepared(work: Path, key: str, image: Any, grid: Any, seed: int) -> tuple[Any, dict]:
+    """Preprocess (or reuse) one scan; ``meta["seconds"]`` is preprocessing + IQM time."""
+    from neurocast.anomaly import prepare_scan
+
+    cache = work / "scans" / f"{key}.npz"
+    if not cache.is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        scan = prepare_scan(image, grid=grid, seed=seed, on_fail="report")
+        save_scan(cache, scan, time.perf_counter() - t0)
+    return load_scan(cache)
+
+
+def real_tumour_image(name: str, voxel_mm: tuple[float, float, float]) -> nib.Nifti1Image:
+    """A tumor_progression image with the estimated voxel size instead of the 1 mm placeholder."""
+    img = nib.load(str(DATA / "tumor_progression" / f"{name}.nii.gz"))
+    aff = img.affine.copy()
+    zooms = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    aff[:3, :3] = aff[:3, :3] / zooms * np.asarray(voxel_mm)
+    return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), aff)
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics
+
+
+def auroc(pos: list[float], neg: list[float]) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    pos = [p for p in pos if math.isfinite(p)]
+    neg = [n for n in neg if math.isfinite(n)]
+    if not pos or not neg:
+        return float("nan")
+    return float(roc_auc_score([1] * len(pos) + [0] * len(neg), pos + neg))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else float("nan")
+
+
+class ZScoreBaseline:
+    """Baseline (a): voxel-wise ``|x - mean| / sd`` against healthy template-space images."""
+
+    def __init__(self, scans: list[Any], erosion_mm: float, median_size: int) -> None:
+        stack = np.stack([s.image for s in scans])
+        self.mean = stack.mean(axis=0)
+        sd = stack.std(axis=0)
+        self.sd = np.maximum(sd, np.percentile(sd[sd > 0], 10) if np.any(sd > 0) else 1.0)
+        self.erosion_mm, self.median_size = erosion_mm, median_size
+
+    def map(self, scan: Any) -> np.ndarray:
+        from neurocast.anomaly.maps import anomaly_map
+
+        z = np.abs(scan.image - self.mean) / self.sd
+        return anomaly_map(z, scan.brain_mask, spacing=scan.grid.spacing_mm,
+                           erosion_mm=self.erosion_mm, median_size=self.median_size)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small smoke-size run (4 mm grid)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/neurocast-anomaly-benchmark"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default by size)")
+    ap.add_argument("--fpr", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tumour-voxel-mm", type=float, nargs=3, default=(0.82, 0.82, 6.0))
+    ap.add_argument("--noise-levels", type=float, nargs="+", default=None)
+    ap.add_argument("--inference-steps", type=int, default=None)
+    ap.add_argument("--no-real", action="store_true", help="skip the shared real scans")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from neurocast.anomaly import AnomalyDetector
+    from neurocast.anomaly.calibration import voxel_threshold_from_maps
+    from neurocast.anomaly.maps import components, eroded_mask, threshold_map
+    from neurocast.anomaly.model import native_map
+    from neurocast.anomaly.scores import lesion_score
+    from neurocast.registration.template import working_grid
+    from neurocast.registration.threads import set_threads
+    from neurocast.registration.transforms import resample
+
+    set_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    size = SIZES["quick" if args.quick else "full"]
+    work = args.work / ("quick" if args.quick else "full")
+    work.mkdir(parents=True, exist_ok=True)
+    grid = working_grid(size["grid"])
+    t_start = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - t_start:7.0f} s] {msg}", flush=True)  # noqa: E731
+
+    # 1. cohorts
+    healthy = dict(tumour_fraction=0.0, artefact_fraction=0.0)
+    motion = dict(artefact_types={"motion": 1.0},
+                  artefact_severities={"mild": 1 / 3, "moderate": 1 / 3, "severe": 1 / 3})  # fmt: skip
+    cohorts = pd.concat([
+        simulate(work, "train", size["train"], args.seed + 101, size["grid"], size["visits"], **healthy),
+        simulate(work, "calib", size["calib"], args.seed + 202, size["grid"], size["visits"], **healthy),
+        simulate(work, "lrtrain", size["lrtrain"], args.seed + 303, size["grid"], size["visits"],
+                 tumour_fraction=0.0, artefact_fraction=0.6, **motion),
+        simulate(work, "test", size["test"], args.seed + 404, size["grid"], size["visits"],
+                 tumour_fraction=0.5, artefact_fraction=0.5, **motion),
+    ], ignore_index=True)  # fmt: skip
+    log(f"cohorts ready: {len(cohorts)} visits")
+
+    # 2. preprocessing
+    scans: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for row in cohorts.itertuples():
+        key = f"{row.cohort}_{row.participant_id}_{row.session_id}"
+        try:
+            scans[key], meta = prepared(work, key, row.path, grid, args.seed)
+            seconds[key] = meta["seconds"]
+        except Exception as exc:  # a failed registration is reported, not fatal
+            log(f"preprocessing failed for {key}: {exc}")
+    cohorts["key"] = [f"{r.cohort}_{r.participant_id}_{r.session_id}" for r in cohorts.itertuples()]
+    cohorts = cohorts[cohorts["key"].isin(scans)].reset_index(drop=True)
+    real: dict[str, Any] = {}
+    if not args.no_real:
+        for name in IXI_TRAIN + IXI_CALIB + IXI_HELDOUT:
+            real[name], meta = prepared(work, name, str(DATA / "ixi" / f"{name}_ds.nii.gz"), grid, args.seed)
+            seconds[name] = meta["seconds"]
+        for name in ("Pre_Scan_T1", "Post_Scan_T1"):
+            try:
+                img = real_tumour_image(name, tuple(args.tumour_voxel_mm))
+                real[name], meta = prepared(work, f"tumour_{name}", img, grid, args.seed)
+                seconds[name] = meta["seconds"]
+            except Exception as exc:
+                log(f"real tumour {name} failed preprocessing: {exc}")
+    log(f"preprocessed {len(scans)} simulated and {len(real)} real scans")
+
+    def with_priors(table: pd.DataFrame) -> list[Any]:
+        out = []
+        for _, g in table.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
+            prev = None
+            for key in g["key"]:
+                if not scans[key].qc.get("passed", True):  # never train or calibrate on a failure
+                    prev = None
+                    continue
+                out.append(scans[key].with_prior(prev) if prev is not None else scans[key])
+                prev = scans[key]
+        return out
+
+    # 3. train and calibrate
+    model_dir = work / "model"
+    kw = {}
+    if args.noise_levels:
+        kw["noise_levels"] = tuple(args.noise_levels)
+    if args.inference_steps:
+        kw["num_inference_steps"] = args.inference_steps
+    train_scans = with_priors(cohorts[cohorts["cohort"] == "train"]) + [real[n] for n in IXI_TRAIN if n in real]
+    calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"]) + [real[n] for n in IXI_CALIB if n in real]
+    steps = args.steps or size["steps"]
+    if (model_dir / "model_card.json").is_file():
+        det = AnomalyDetector.load(model_dir)
+        for k, v in kw.items():
+            setattr(det, k, v)
+        log(f"reusing the trained model in {model_dir}")
+    else:
+        t0 = time.perf_counter()
+        det = AnomalyDetector(channels=size["channels"], n_steps=steps, batch_size=size["batch"],
+                              seed=args.seed, fpr=args.fpr, progress=False, **kw)  # fmt: skip
+        det.fit(train_scans, data_summary={"benchmark": "anomaly", "quick": args.quick})
+        train_seconds = time.perf_counter() - t0
+        det.save(model_dir)
+        log(f"trained {steps} steps in {train_seconds:.0f} s; loss {det.history_[-1]['loss']:.4f}")
+    det.calibrate(calib_scans, fpr=args.fpr)
+    det.save(model_dir)  # with its calibration: usable by `neurocast qa --model`
+    cal = det.calibration_
+    log(f"calibrated on {len(calib_scans)} scans: lesion > {cal.lesion_threshold:.3g}, "
+        f"artefact > {cal.artefact_threshold:.3g}, voxel > {cal.voxel_threshold:.3g}")  # fmt: skip
+
+    # 4. score the test visits (prior = latest earlier visit flagged pass)
+    test = cohorts[cohorts["cohort"] == "test"].sort_values(["participant_id", "visit_index"])
+    rows = []
+    maps: dict[str, np.ndarray] = {}
+    for _, g in test.groupby("participant_id"):
+        prior = None
+        for r in g.itertuples():
+            scan = scans[r.key]
+            t0 = time.perf_counter()
+            res = det.score(scan.with_prior(prior) if prior is not None else scan)
+            score_s = time.perf_counter() - t0
+            res0 = det.score(scan, use_prior=False) if prior is not None else res
+            qc_ok = bool(scan.qc.get("passed", True))
+            if res.flag == "pass" and qc_ok:
+                prior = scan
+            maps[r.key] = res.anomaly_map
+            kind = ("tumour" if r.tumour_present else "motion" if r.artefact == "motion" else "healthy")
+            rows.append(dict(
+                key=r.key, kind=kind, severity=r.artefact_severity if kind == "motion" else None,
+                tumour_and_motion=bool(r.tumour_present and r.artefact == "motion"),
+                skull_stripped=bool(scan.skull_stripped), used_prior=res.used_prior, qc_passed=qc_ok,
+                lesion=res.lesion_score, artefact=res.artefact_score, flag=res.flag,
+                lesion_noprior=res0.lesion_score, artefact_noprior=res0.artefact_score,
+                flag_noprior=res0.flag, score_seconds=score_s, dice=float("nan"),
+            ))  # fmt: skip
+            if r.tumour_present and os.path.isfile(r.tumour_truth):
+                truth = np.asarray(nib.load(r.tumour_truth).dataobj) > 0
+                rows[-1]["dice"] = dice(res.mask, truth)
+                rows[-1]["truth_ml"] = float(truth.sum() * grid.voxel_volume_mm3 / 1000)
+    df = pd.DataFrame(rows)
+    df.to_csv(work / "test_scores.tsv", sep="\t", index=False)
+    log(f"scored {len(df)} test visits")
+
+    # 5. metrics
+    res: dict[str, Any] = {"size": "quick" if args.quick else "full", "steps": steps,
+                           "grid_mm": size["grid"], "detector": det.get_params(),
+                           "calibration": {k: getattr(cal, k) for k in ("fpr", "lesion_threshold",
+                           "artefact_threshold", "voxel_threshold", "n_references")}}  # fmt: skip
+    pure = df[~df["tumour_and_motion"]]
+    hl = pure[pure["kind"] == "healthy"]
+    tu = pure[pure["kind"] == "tumour"]
+    res["n"] = {"healthy": len(hl), "tumour": len(tu),
+                **{f"motion_{s}": int(((pure["kind"] == "motion") & (pure["severity"] == s)).sum())
+                   for s in ("mild", "moderate", "severe")}}  # fmt: skip
+    res["tumour_auroc"] = auroc(list(tu["lesion"]), list(hl["lesion"]))
+    res["tumour_auroc_noprior"] = auroc(list(tu["lesion_noprior"]), list(hl["lesion_noprior"]))
+    res["tumour_dice_mean"] = float(np.nanmean(tu["dice"])) if len(tu) else float("nan")
+    res["fpr_healthy"] = float(np.mean(hl["flag"] != "pass")) if len(hl) else float("nan")
+    res["fpr_healthy_noprior"] = float(np.mean(hl["flag_noprior"] != "pass")) if len(hl) else float("nan")
+    for s in ("mild", "moderate", "severe"):
+        mo = pure[(pure["kind"] == "motion") & (pure["severity"] == s)]
+        res[f"motion_auroc_{s}"] = auroc(list(mo["artefact"]), list(hl["artefact"]))
+
+    # voxel-level AUPRC of the detector and of baseline (a)
+    from sklearn.metrics import average_precision_score
+
+    zb = ZScoreBaseline([s for s in train_scans], det.erosion_mm, det.median_size)
+    zmaps_cal = [zb.map(s) for s in calib_scans]
+    regions = [eroded_mask(s.brain_mask, det.erosion_mm, s.grid.spacing_mm) for s in calib_scans]
+    z_thr = voxel_threshold_from_maps(zmaps_cal, regions, det.voxel_quantile)
+    min_vox = det._min_voxels()
+    vv = grid.voxel_volume_mm3
+    z_cal_scores = [lesion_score(m, z_thr, min_voxels=min_vox, voxel_volume_mm3=vv) for m in zmaps_cal]
+    z_les_thr = float(np.quantile(z_cal_scores, 1 - args.fpr, method="weibull"))
+    yv, sv, zv, zrows = [], [], [], []
+    for r in test.itertuples():
+        z = zb.map(scans[r.key])
+        zs = lesion_score(z, z_thr, min_voxels=min_vox, voxel_volume_mm3=vv)
+        row = {"key": r.key, "z_lesion": zs, "z_dice": float("nan")}
+        if r.tumour_present and os.path.isfile(r.tumour_truth):
+            truth = np.asarray(nib.load(r.tumour_truth).dataobj) > 0
+            brain = scans[r.key].brain_mask
+            yv.append(truth[brain])
+            sv.append(maps[r.key][brain])
+            zv.append(z[brain])
+            row["z_dice"] = dice(threshold_map(z, z_thr, min_vox), truth)
+        zrows.append(row)
+    zdf = df.merge(pd.DataFrame(zrows), on="key")
+    zp = zdf[~zdf["tumour_and_motion"]]
+    res["baseline_z_tumour_auroc"] = auroc(list(zp[zp["kind"] == "tumour"]["z_lesion"]),
+                                           list(zp[zp["kind"] == "healthy"]["z_lesion"]))  # fmt: skip
+    res["baseline_z_tumour_dice_mean"] = float(np.nanmean(zp[zp["kind"] == "tumour"]["z_dice"])) if len(tu) else float("nan")
+    res["baseline_z_fpr_healthy"] = float(np.mean(zp[zp["kind"] == "healthy"]["z_lesion"] > z_les_thr)) if len(hl) else float("nan")
+    if yv:
+        y = np.concatenate(yv)
+        res["tumour_voxel_auprc"] = float(average_precision_score(y, np.concatenate(sv)))
+        res["baseline_z_voxel_auprc"] = float(average_precision_score(y, np.concatenate(zv)))
+        res["voxel_prevalence"] = float(y.mean())
+
+    # baseline (b): logistic regression on the IQMs, trained on the lrtrain cohort
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from neurocast.anomaly.iqm import METRICS
+
+    def iqm_row(key: str) -> list[float]:
+        q = scans[key].iqms
+        return [q.get(m) if q is not None else float("nan") for m in METRICS] + [float(bool(scans[key].skull_stripped))]
+
+    lr_tab = cohorts[cohorts["cohort"].isin(["lrtrain", "calib"])]
+    Xtr = np.array([iqm_row(k) for k in lr_tab["key"]], dtype=float)
+    ytr = np.array([a == "motion" for a in lr_tab["artefact"]], dtype=int)
+    Xtr = np.where(np.isfinite(Xtr), Xtr, np.nan)
+    if len(set(ytr)) == 2:
+        lr = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+                           LogisticRegression(max_iter=2000, C=1.0))  # fmt: skip
+        lr.fit(Xtr, ytr)
+        p = lr.predict_proba(np.array([iqm_row(k) for k in df["key"]], dtype=float))[:, 1]
+        df["lr_motion"] = p
+        pure = df[~df["tumour_and_motion"]]
+        for s in ("mild", "moderate", "severe"):
+            mo = pure[(pure["kind"] == "motion") & (pure["severity"] == s)]
+            res[f"baseline_lr_motion_auroc_{s}"] = auroc(list(mo["lr_motion"]),
+                                                         list(pure[pure["kind"] == "healthy"]["lr_motion"]))  # fmt: skip
+
+    # real scans
+    if real:
+        for name in IXI_HELDOUT:
+            r = det.score(real[name])
+            res[f"real_{name}_flag"] = r.flag
+            res[f"real_{name}_lesion_percentile"] = r.lesion_percentile
+        for name, prior in (("Pre_Scan_T1", None), ("Post_Scan_T1", None), ("Post_Scan_T1", "Pre_Scan_T1")):
+            if name not in real or (prior and prior not in real):
+                continue
+            scan = real[name].with_prior(real[prior]) if prior else real[name]
+            r = det.score(scan)
+            tag = f"real_{name}" + (f"_prior-{prior}" if prior else "")
+            mimg = real_tumour_image(name.replace("Scan_T1", "Mask"), tuple(args.tumour_voxel_mm))
+            truth = np.asarray(mimg.dataobj) > 0
+            nmask = resample(r.mask.astype(np.float32), scan.grid.affine, scan.native_shape,
+                             scan.native_affine, scan.native_to_template, order=1) > 0.5  # fmt: skip
+            comps = components(r.anomaly_map, cal.voxel_threshold, min_voxels=min_vox, voxel_volume_mm3=vv)
+            overlap = False
+            if comps:
+                lab = threshold_map(r.anomaly_map, cal.voxel_threshold, min_vox)
+                import scipy.ndimage as ndi
+
+                lab_id, _ = ndi.label(lab)
+                c = np.round(comps[0].centroid).astype(int)
+                cid = lab_id[tuple(c)] if lab_id[tuple(c)] else np.bincount(lab_id[lab_id > 0]).argmax()
+                big = resample((lab_id == cid).astype(np.float32), scan.grid.affine, scan.native_shape,
+                               scan.native_affine, scan.native_to_template, order=1) > 0.5  # fmt: skip
+                overlap = bool((big & truth).any())
+            res[tag] = {"flag": r.flag, "lesion_percentile": r.lesion_percentile,
+                        "dice_native": dice(nmask, truth), "largest_cluster_overlaps": overlap,
+                        "truth_ml": float(truth.sum() * abs(np.linalg.det(mimg.affine[:3, :3])) / 1000)}  # fmt: skip
+            _ = native_map  # the workflow writes it; here the mask is enough
+
+    # speed: preprocessing (+ IQMs) of the visit + scoring
+    per_scan = [seconds[k] + s for k, s in zip(df["key"], df["score_seconds"], strict=True) if k in seconds]
+    res["seconds_per_scan_median"] = float(np.median(per_scan)) if per_scan else float("nan")
+    res["score_seconds_median"] = float(np.median(df["score_seconds"]))
+    res["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch threads {args.threads}"
+    res["load_average"] = os.getloadavg()
+    res["wall_seconds"] = time.perf_counter() - t_start
+    (work / "results.json").write_text(json.dumps(res, indent=2, default=float))
+    print(json.dumps(res, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Thresholds from healthy reference scans at a chosen false-positive rate, and per-scan flags.
+
+Only healthy references are used, never labelled anomalies. With ``n`` reference scores, the
+threshold of a score at per-score rate ``beta`` is the empirical ``1 - beta`` quantile with the
+``(n + 1)`` plotting positions (numpy's ``"weibull"`` method): for exchangeable scores, a new
+healthy scan then exceeds it with probability ``beta`` (about ``ceil((1 - beta)(n + 1)) / (n +
+1)`` in the discrete case; never below the largest reference when ``(1 - beta)(n + 1) > n``).
+
+A scan is flagged when *either* score exceeds its threshold, so the per-score rate is set by
+Šidák's correction ``beta = 1 - (1 - fpr) ** (1 / 2)``: the share of healthy scans flagged by
+either score is ``fpr`` when the two scores are independent and at most ``fpr`` when they are
+positively correlated.
+
+The voxel threshold of the anomaly map is the ``voxel_quantile`` (default 0.999) of the map
+values of all reference scans inside their eroded brain masks, so about 1 healthy voxel in 1000
+is above it before small clusters are removed.
+
+Flags: ``pass``; ``review-lesion`` (lesion score above its threshold); ``review-artefact``
+(artefact score above its threshold). When both are above, the one exceeding its threshold by
+more, relative to the spread between the reference median and the threshold, wins. Each scan
+also gets the **percentile** of its scores among the references (share of references at or below
+it, in %).
+
+The calibration is a JSON-ready dict (:meth:`Calibration.to_dict`) stored in the model card.
+
+Example:
+    >>> import numpy as np
+    >>> from neurocast.anomaly.calibration import calibrate_scores
+    >>> rng = np.random.default_rng(0)
+    >>> cal = calibrate_scores(rng.normal(size=400), rng.normal(size=400), fpr=0.05)
+    >>> cal.flag(0.0, 0.0), cal.flag(5.0, 0.0), cal.flag(0.0, 5.0)
+    ('pass', 'review-lesion', 'review-artefact')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+FLAGS = ("pass", "review-lesion", "review-artefact")
+"""The flags a scan can get."""
+
+
+def per_score_rate(fpr: float, n_scores: int = 2) -> float:
+    """Šidák's per-score rate: ``1 - (1 - fpr) ** (1 / n_scores)``."""
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"the false-positive rate must be in (0, 1), got {fpr}")
+    return 1.0 - (1.0 - fpr) ** (1.0 / n_scores)
+
+
+def threshold_at_rate(scores: Sequence[float] | np.ndarray, rate: float) -> float:
+    """The threshold a new healthy score exceeds with probability ``rate`` (see module docstring).
+
+    Raises:
+        ValueError: no finite score, or ``rate`` outside (0, 1).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        raise ValueError("no finite reference scores to calibrate on")
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"rate must be in (0, 1), got {rate}")
+    return float(np.quantile(s, 1.0 - rate, method="weibull"))
+
+
+def percentile_of(score: float, reference: Sequence[float] | np.ndarray) -> float:
+    """Share (in %) of the finite reference scores at or below ``score`` (``NaN`` if undefined)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    ref = ref[np.isfinite(ref)]
+    if ref.size == 0 or score is None or not math.isfinite(score):
+        return float("nan")
+    return float(100.0 * np.mean(ref <= score))
+
+
+@dataclass
+class Calibration:
+    """Thresholds and reference distributions of a detector (see the module docstring).
+
+    Attributes:
+        fpr: the chosen false-positive rate per scan.
+        per_score_rate: Šidák's rate of each of the two scores.
+        lesion_threshold, artefact_threshold: score thresholds (flag when above).
+        voxel_threshold: anomaly-map value of the binary mask and the clusters.
+        voxel_quantile: the quantile of healthy map values that set ``voxel_threshold``.
+        lesion_reference, artefact_reference: the reference scores, sorted.
+        feature_reference: median and scale of each artefact feature over the references.
+        n_references: number of reference scans.
+        extra: free-form JSON (e.g. the references' identifiers).
+    """
+
+    fpr: float
+    per_score_rate: float
+    lesion_threshold: float
+    artefact_threshold: float
+    voxel_threshold: float
+    voxel_quantile: float
+    lesion_reference: list[float]
+    artefact_reference: list[float]
+    feature_reference: dict[str, dict[str, float]] = field(default_factory=dict)
+    n_references: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ use
+    def lesion_percentile(self, score: float) -> float:
+        """Percentile of a lesion score among the references."""
+        return percentile_of(score, self.lesion_reference)
+
+    def artefact_percentile(self, score: float) -> float:
+        """Percentile of an artefact score among the references."""
+        return percentile_of(score, self.artefact_reference)
+
+    def _excess(self, score: float, threshold: float, reference: Sequence[float]) -> float:
+        med = float(np.median(reference)) if len(reference) else 0.0
+        spread = max(threshold - med, 1e-12)
+        return (score - threshold) / spread
+
+    def flag(self, lesion: float, artefact: float) -> str:
+        """``pass``, ``review-lesion`` or ``review-artefact`` for a scan's two scores.
+
+        An undefined (``NaN``) score never raises a flag on its own.
+        """
+        les = math.isfinite(lesion) and lesion > self.lesion_threshold
+        art = math.isfinite(artefact) and artefact > self.artefact_threshold
+        if les and art:
+            el = self._excess(lesion, self.lesion_threshold, self.lesion_reference)
+            ea = self._excess(artefact, self.artefact_threshold, self.artefact_reference)
+            return "review-lesion" if el >= ea else "review-artefact"
+        if les:
+            return "review-lesion"
+        if art:
+            return "review-artefact"
+        return "pass"
+
+    def assess(self, lesion: float, artefact: float) -> dict[str, Any]:
+        """Flag, the percentile of the deciding score, and both percentiles.
+
+        The deciding score is the flagged one; for ``pass``, the one with the higher percentile.
+        """
+        flag = self.flag(lesion, artefact)
+        pl, pa = self.lesion_percentile(lesion), self.artefact_percentile(artefact)
+        if flag == "review-lesion":
+            pct = pl
+        elif flag == "review-artefact":
+            pct = pa
+        else:
+            finite = [p for p in (pl, pa) if math.isfinite(p)]
+            pct = max(finite) if finite else float("nan")
+        return {
+            "flag": flag,
+            "percentile": pct,
+            "lesion_percentile": pl,
+            "artefact_percentile": pa,
+        }
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (non-finite numbers as ``None``)."""
+        return _json_clean(asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibration:
+        """Inverse of :meth:`to_dict`."""
+
+        def num(v: Any) -> float:
+            return float("nan") if v is None else float(v)
+
+        return cls(
+            fpr=float(d["fpr"]),
+            per_score_rate=float(d["per_score_rate"]),
+            lesion_threshold=num(d["lesion_threshold"]),
+            artefact_threshold=num(d["artefact_threshold"]),
+            voxel_threshold=num(d["voxel_threshold"]),
+            voxel_quantile=float(d["voxel_quantile"]),
+            lesion_reference=[num(v) for v in d["lesion_reference"]],
+            artefact_reference=[num(v) for v in d["artefact_reference"]],
+            feature_reference={
+                k: {kk: float(vv) for kk, vv in v.items()}
+                for k, v in dict(d.get("feature_reference", {})).items()
+            },
+            n_references=int(d.get("n_references", 0)),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+def _json_clean(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_clean(v) for v in obj]
+    return obj
+
+
+def calibrate_scores(
+    lesion_scores: Sequence[float] | np.ndarray,
+    artefact_scores: Sequence[float] | np.ndarray,
+    *,
+    fpr: float = 0.05,
+    voxel_threshold: float = float("nan"),
+    voxel_quantile: float = float("nan"),
+    feature_reference: Mapping[str, Mapping[str, float]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Calibration:
+    """A :class:`Calibration` from the two scores of healthy reference scans.
+
+    Args:
+        lesion_scores, artefact_scores: one per reference scan (same order; NaN allowed).
+        fpr: the share of healthy scans to flag (default 5 %).
+        voxel_threshold, voxel_quantile: the voxel threshold of the maps and its quantile
+            (recorded; see :func:`voxel_threshold_from_maps`).
+        feature_reference: the artefact features' reference statistics.
+        extra: more JSON to keep.
+    """
+    les = np.asarray(lesion_scores, dtype=np.float64)
+    art = np.asarray(artefact_scores, dtype=np.float64)
+    if les.shape != art.shape:
+        raise ValueError("give one lesion and one artefact score per reference scan")
+    rate = per_score_rate(fpr, 2)
+    return Calibration(
+        fpr=float(fpr),
+        per_score_rate=rate,
+        lesion_threshold=threshold_at_rate(les, rate),
+        artefact_threshold=threshold_at_rate(art, rate),
+        voxel_threshold=float(voxel_threshold),
+        voxel_quantile=float(voxel_quantile),
+        lesion_reference=sorted(float(v) for v in les if math.isfinite(v)),
+        artefact_reference=sorted(float(v) for v in art if math.isfinite(v)),
+        feature_reference={k: dict(v) for k, v in (feature_reference or {}).items()},
+        n_references=int(les.size),
+        extra=dict(extra or {}),
+    )
+
+
+def voxel_threshold_from_maps(
+    maps: Sequence[np.ndarray], regions: Sequence[np.ndarray], quantile: float = 0.999
+) -> float:
+    """The ``quantile`` of the healthy maps' values inside their regions (eroded brain masks)."""
+    if not maps:
+        raise ValueError("no reference maps")
+    vals = np.concatenate(
+        [np.asarray(m, dtype=np.float32)[np.asarray(r, dtype=bool)] for m, r in zip(maps, regions, strict=True)]
+    )
+    if vals.size == 0:
+        raise ValueError("the reference maps hold no voxel inside their regions")
+    return float(np.quantile(vals, quantile))

@@ -1,0 +1,459 @@
+"""MRIQC's anatomical image quality metrics (IQMs), with their published definitions.
+
+The metrics follow MRIQC (Esteban et al., PLoS ONE 2017; ``mriqc.qc.anatomical``), written anew
+from the published formulas. Notation: ``mu_k``, ``sigma_k`` are the mean and standard deviation
+of the image inside tissue mask ``k`` (CSF, GM, WM), ``sigma_air`` the standard deviation inside
+the air (background) mask, ``n_k`` the voxel count of ``k``.
+
+==============  =================================================================  ==========  =====
+metric          definition                                                         better      needs
+==============  =================================================================  ==========  =====
+``cjv``         ``(sigma_WM + sigma_GM) / |mu_WM - mu_GM|`` (Ganzetti 2016)        lower       tissue
+``cnr``         ``|mu_GM - mu_WM| / sqrt(sigma_air^2 + sigma_WM^2 + sigma_GM^2)``  higher      air
+                (Magnotta & Friedman 2006, as in MRIQC >= 0.15)
+``snr_{csf,gm,  ``mu_k / (sigma_k sqrt(n_k / (n_k - 1)))`` per tissue; ``snr_total``  higher    tissue
+wm,total}``     is the mean of the three
+``snrd_{...}``  Dietrich 2007 eq. A.12: ``mu_k / (sqrt(2 / (4 - pi)) sigma_air)``  higher      air
+``efc``         entropy focus criterion (Atkinson 1997), normalised by the         lower       air
+                maximum entropy: ``E / E_max`` with ``E = -sum (x_j / B) ln(x_j / B)``,
+                ``B = sqrt(sum x_j^2)``, ``E_max = sqrt(N) ln(1 / sqrt(N))``
+``fber``        ``median(|F|^2) / median(|B|^2)``, F inside the head, B the air      higher      air
+                (Shehzad 2015; MRIQC's median form)
+``qi1``         Mortamet 2009: share of air voxels flagged as artefact: air voxels  lower       air
+                whose intensity exceeds 10 robust SDs of the air (MAD of the
+                positive air values, scaled by 1/0.6745), not within the 10 %
+                of air closest to the head, after a 6-connected binary opening
+``wm2max``      ``median(WM) / P99.95(image)``                                     ~0.6-0.8    tissue
+==============  =================================================================  ==========  =====
+
+**Undefined values.** Metrics marked "air" need signal outside the head. For a skull-stripped
+input (the background was removed, not measured), or where the air holds no measurable signal,
+they are ``NaN`` and :attr:`IQMResult.undefined` says why; a number is never invented (MRIQC
+writes ``-1`` in that case, which a table reader cannot tell from a value). ``efc`` counts as
+background-based because most of its voxels are air. Exact zeros outside the head (padding from
+an oblique or rotated field of view, MRIQC's "rotation mask") are never air.
+
+**Tissue masks.** Without a segmentation (MRIQC runs FSL FAST), :func:`segment_tissues` gives a
+crude one: 3-class 1-D k-means of the intensities inside the brain mask
+(:func:`neurocast.registration.preprocess.kmeans_1d`), CSF < GM < WM split at the midpoints
+between the class centres. Enough for contrast and noise figures, not a volumetric segmentation.
+
+**Air mask.** :func:`head_and_air_masks`: the head is the foreground of an Otsu threshold of the
+log intensities (largest component, closed, holes filled) united with the brain mask; air is
+everything farther than ``margin_mm`` (default 4 mm) from the head, minus the zero padding.
+MRIQC's "hat" mask also removes the air below the nasion-occipital plane; we do not (our
+template-space affine is not needed for the metrics, and the simulated heads have no neck).
+
+All metrics are ratios, so the intensity scale of the image does not matter (a preprocessed image
+normalised to white matter = 1 gives the same values as the raw one, up to N4's correction).
+
+Example:
+    >>> import numpy as np
+    >>> from neurocast.anomaly.iqm import compute_iqms
+    >>> rng = np.random.default_rng(0)
+    >>> img = rng.normal(0, 1, (24, 24, 24)).__abs__()  # Rayleigh-like air
+    >>> brain = np.zeros(img.shape, bool); brain[6:18, 6:18, 6:18] = True
+    >>> img[brain] = rng.normal(100, 5, brain.sum())
+    >>> tissues = np.zeros(img.shape, np.int8); tissues[brain] = 3; tissues[6:10, 6:18, 6:18] = 2
+    >>> tissues[6:8, 6:18, 6:18] = 1
+    >>> iqm = compute_iqms(img, brain, tissues=tissues, skull_stripped=False)
+    >>> sorted(iqm.values)[:4]
+    ['cjv', 'cnr', 'efc', 'fber']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.ndimage as ndi
+
+DIETRICH_FACTOR = 1.0 / math.sqrt(2.0 / (4.0 - math.pi))
+"""``1 / sqrt(2 / (4 - pi))``: Rayleigh correction of the air standard deviation (Dietrich 2007)."""
+QI1_ZSCORE = 10.0
+"""Robust z-score above which an air voxel counts as artefact (Mortamet 2009 / MRIQC)."""
+QI1_NEAR_HEAD = 0.10
+"""Air voxels closer to the head than this share of the largest air distance are ignored by QI1."""
+TISSUES = {"csf": 1, "gm": 2, "wm": 3}
+"""Labels of :func:`segment_tissues` (0 = outside the brain)."""
+BACKGROUND_METRICS = ("cnr", "efc", "fber", "qi1", "snrd_csf", "snrd_gm", "snrd_wm", "snrd_total")
+"""Metrics that need a measured background (air)."""
+TISSUE_METRICS = ("cjv", "snr_csf", "snr_gm", "snr_wm", "snr_total", "wm2max")
+"""Metrics computed from the tissue classes alone."""
+METRICS = tuple(sorted(BACKGROUND_METRICS + TISSUE_METRICS))
+"""Every metric :func:`compute_iqms` reports, in alphabetical order."""
+MIN_AIR_VOXELS = 100
+"""Fewer air voxels than this: background metrics are undefined."""
+SKULL_STRIPPED_REASON = (
+    "input is skull-stripped: the air around the head was removed, not measured, so "
+    "background-based metrics are undefined"
+)
+
+
+@dataclass
+class IQMResult:
+    """The metrics of one scan.
+
+    Attributes:
+        values: metric name -> value (``NaN`` where undefined); see :data:`METRICS`.
+        undefined: metric name -> the reason it is undefined (only for ``NaN`` values).
+        n_voxels: voxel counts of the masks used (``csf``, ``gm``, ``wm``, ``air``, ``head``,
+            ``artefact``).
+    """
+
+    values: dict[str, float]
+    undefined: dict[str, str] = field(default_factory=dict)
+    n_voxels: dict[str, int] = field(default_factory=dict)
+
+    def get(self, name: str) -> float:
+        """One metric (``NaN`` when undefined)."""
+        return float(self.values.get(name, float("nan")))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"values": {name: float or None}, "undefined": {name: reason}, ...}``."""
+        return {
+            "values": {k: (None if not math.isfinite(v) else float(v)) for k, v in self.values.items()},
+            "undefined": dict(self.undefined),
+            "n_voxels": dict(self.n_voxels),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IQMResult:
+        """Inverse of :meth:`to_dict`."""
+        values = {k: (float("nan") if v is None else float(v)) for k, v in d["values"].items()}
+        return cls(values, dict(d.get("undefined", {})), dict(d.get("n_voxels", {})))
+
+
+# --------------------------------------------------------------------------------------------------
+# the metrics (scalar formulas)
+
+
+def cjv(mu_wm: float, mu_gm: float, sigma_wm: float, sigma_gm: float) -> float:
+    """Coefficient of joint variation ``(sigma_WM + sigma_GM) / |mu_WM - mu_GM|`` (lower is better)."""
+    den = abs(mu_wm - mu_gm)
+    return float((sigma_wm + sigma_gm) / den) if den > 0 else float("nan")
+
+
+def cnr(mu_wm: float, mu_gm: float, sigma_air: float, sigma_wm: float, sigma_gm: float) -> float:
+    """Contrast-to-noise ratio ``|mu_GM - mu_WM| / sqrt(sigma_air^2 + sigma_WM^2 + sigma_GM^2)``."""
+    den = math.sqrt(sigma_air**2 + sigma_wm**2 + sigma_gm**2)
+    return float(abs(mu_wm - mu_gm) / den) if den > 0 else float("nan")
+
+
+def snr(mu: float, sigma: float, n: int) -> float:
+    """Tissue SNR ``mu / (sigma sqrt(n / (n - 1)))`` (the sample-SD correction)."""
+    if n < 2 or sigma <= 0:
+        return float("nan")
+    return float(mu / (sigma * math.sqrt(n / (n - 1))))
+
+
+def snr_dietrich(mu: float, sigma_air: float) -> float:
+    """Dietrich's SNR ``mu / (sqrt(2 / (4 - pi)) sigma_air)`` (air noise is Rayleigh distributed)."""
+    return float(DIETRICH_FACTOR * mu / sigma_air) if sigma_air > 0 else float("nan")
+
+
+def efc(image: np.ndarray, frame_mask: np.ndarray | None = None) -> float:
+    """Entropy focus criterion of the voxels outside ``frame_mask``, normalised to [0, 1].
+
+    ``E = -sum (x_j / B) ln(x_j / B)`` with ``B = sqrt(sum x_j^2)``, divided by its maximum
+    ``sqrt(N) ln(sqrt(N))`` (reached when all N voxels are equal). Negative values are taken in
+    absolute value (magnitude images). 0 = all energy in one voxel; higher = more spread
+    (ghosting, blurring).
+    """
+    x = np.abs(np.asarray(image, dtype=np.float64))
+    if frame_mask is not None:
+        x = x[~np.asarray(frame_mask, dtype=bool)]
+    x = x.ravel()
+    n = x.size
+    b = math.sqrt(float((x * x).sum()))
+    if n < 2 or b <= 0:
+        return float("nan")
+    p = x[x > 0] / b
+    entropy = float(-(p * np.log(p)).sum())
+    e_max = math.sqrt(n) * math.log(math.sqrt(n))
+    return entropy / e_max
+
+
+def fber(image: np.ndarray, head_mask: np.ndarray, air_mask: np.ndarray) -> float:
+    """Foreground-background energy ratio ``median(|F|^2) / median(|B|^2)`` (``NaN`` if B is 0)."""
+    x = np.asarray(image, dtype=np.float64)
+    fg = np.median(np.abs(x[np.asarray(head_mask, bool)]) ** 2)
+    bg = np.median(np.abs(x[np.asarray(air_mask, bool)]) ** 2)
+    return float(fg / bg) if bg > 0 else float("nan")
+
+
+def wm2max(image: np.ndarray, wm_mask: np.ndarray) -> float:
+    """White matter to maximum: ``median(WM) / P99.95(image)`` (all voxels of the image)."""
+    x = np.asarray(image, dtype=np.float64)
+    top = float(np.percentile(x, 99.95))
+    return float(np.median(x[np.asarray(wm_mask, bool)]) / top) if top > 0 else float("nan")
+
+
+def robust_sd(values: np.ndarray) -> float:
+    """Normalised median absolute deviation ``median(|x - median(x)|) / 0.6745``."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan")
+    return float(np.median(np.abs(v - np.median(v))) / 0.6744897501960817)
+
+
+def artefact_mask(
+    image: np.ndarray,
+    air_mask: np.ndarray,
+    *,
+    zscore: float = QI1_ZSCORE,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Mortamet's artefact voxels in the air (see :func:`qi1`); boolean, same shape as ``image``.
+
+    Air voxels brighter than ``zscore`` robust SDs (of the positive air values), ignoring the
+    air closest to the head (distance to the head below :data:`QI1_NEAR_HEAD` of the largest
+    distance), cleaned by a 6-connected binary opening. With ``spacing`` given, the distances are
+    computed on a copy of about 4 mm voxels (the 10 % band does not need more).
+    """
+    x = np.asarray(image, dtype=np.float64)
+    air = np.asarray(air_mask, dtype=bool)
+    out = np.zeros(x.shape, dtype=bool)
+    vals = x[air]
+    pos = vals[vals > 0]
+    if pos.size < 10:
+        return out
+    spread = robust_sd(pos)
+    if not spread > 0:
+        return out
+    out[air] = vals / spread > zscore
+    if not out.any():
+        return out
+    k = _block_factor(spacing) if spacing is not None else (1, 1, 1)
+    low_air = _block_any(~air, k)
+    dist = _upsample(ndi.distance_transform_edt(~low_air), x.shape, k)
+    dmax = float(dist.max())
+    if dmax > 0:
+        out &= dist / dmax >= QI1_NEAR_HEAD
+    return ndi.binary_opening(out, structure=ndi.generate_binary_structure(3, 1))
+
+
+def qi1(
+    image: np.ndarray, air_mask: np.ndarray, spacing: Sequence[float] | None = None
+) -> tuple[float, int]:
+    """Mortamet's QI1: share of air voxels that are artefact (:func:`artefact_mask`).
+
+    Returns:
+        (QI1, number of artefact voxels).
+    """
+    air = np.asarray(air_mask, dtype=bool)
+    n_air = int(air.sum())
+    if n_air == 0:
+        return float("nan"), 0
+    art = artefact_mask(image, air, spacing=spacing)
+    n_art = int(art.sum())
+    return n_art / n_air, n_art
+
+
+# --------------------------------------------------------------------------------------------------
+# masks
+
+
+def segment_tissues(image: np.ndarray, brain_mask: np.ndarray) -> np.ndarray:
+    """Crude CSF/GM/WM labels (1/2/3, 0 outside the brain) by 3-class k-means of brain intensities.
+
+    Args:
+        image: T1-weighted array (any scale; WM brightest).
+        brain_mask: boolean brain mask, same shape.
+
+    Returns:
+        ``int8`` label array (see :data:`TISSUES`).
+    """
+    from neurocast.registration.preprocess import kmeans_1d
+
+    x = np.asarray(image, dtype=np.float64)
+    m = np.asarray(brain_mask, dtype=bool)
+    labels = np.zeros(x.shape, dtype=np.int8)
+    if m.sum() < 3:
+        return labels
+    vals = x[m]
+    step = max(1, vals.size // 100_000)  # the class centres need no more than ~1e5 samples
+    centres = kmeans_1d(vals[::step], 3)
+    bounds = (centres[:-1] + centres[1:]) / 2
+    labels[m] = (np.searchsorted(bounds, x[m]) + 1).astype(np.int8)
+    return labels
+
+
+def head_and_air_masks(
+    image: np.ndarray,
+    brain_mask: np.ndarray | None = None,
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    margin_mm: float = 4.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Head and air masks of a whole-head scan (see the module docstring).
+
+    The head is every voxel above the Otsu threshold of the *log* intensities of the non-zero
+    voxels (air noise and tissue differ by an order of magnitude, so the log histogram separates
+    them even with the scalp thin and dark). The mask is built on a block-averaged copy of about
+    4 mm voxels (opened by one voxel, largest component, closed by ``margin_mm``, holes filled),
+    brought back to the full grid (nearest) and united with the brain mask.
+
+    Returns:
+        ``(head, air)`` boolean arrays. Air is farther than ``margin_mm`` from the head and
+        excludes exact zeros (field-of-view padding).
+    """
+    from neurocast.registration.preprocess import (
+        dilate_mm,
+        erode_mm,
+        largest_component,
+        otsu_threshold,
+    )
+
+    x = np.asarray(image, dtype=np.float32)
+    k = _block_factor(spacing)
+    sp = tuple(float(s) * f for s, f in zip(spacing, k, strict=True))
+    pos = x[x > 0]
+    low = _block_mean(x, k)
+    head = np.zeros(low.shape, dtype=bool)
+    if pos.size > 10:
+        step = max(1, pos.size // 200_000)
+        thr = float(np.exp(otsu_threshold(np.log(pos[::step]))))
+        head = ndi.binary_opening(low > thr, iterations=1)
+        if head.any():
+            head = largest_component(head)
+            head = erode_mm(dilate_mm(head, margin_mm, sp), margin_mm, sp) | head
+            head = ndi.binary_fill_holes(head)
+    near = _upsample(dilate_mm(head, margin_mm, sp), x.shape, k)
+    head = _upsample(head, x.shape, k)
+    if brain_mask is not None:
+        head = head | np.asarray(brain_mask, dtype=bool)
+    air = ~near & ~head & (x != 0)
+    return head, air
+
+
+def _block_factor(spacing: Sequence[float], target_mm: float = 4.0) -> tuple[int, int, int]:
+    return tuple(max(1, round(target_mm / float(s))) for s in spacing)  # type: ignore[return-value]
+
+
+def _crop(x: np.ndarray, k: Sequence[int]) -> np.ndarray:
+    return x[tuple(slice(0, (n // f) * f) for n, f in zip(x.shape, k, strict=True))]
+
+
+def _block_mean(x: np.ndarray, k: Sequence[int]) -> np.ndarray:
+    """Mean over blocks of ``k`` voxels (a partial block at the end of an axis is dropped)."""
+    c = _crop(np.asarray(x, dtype=np.float32), k)
+    sh = [d for n, f in zip(c.shape, k, strict=True) for d in (n // f, f)]
+    return c.reshape(sh).mean(axis=(1, 3, 5))
+
+
+def _block_any(x: np.ndarray, k: Sequence[int]) -> np.ndarray:
+    c = _crop(np.asarray(x, dtype=bool), k)
+    sh = [d for n, f in zip(c.shape, k, strict=True) for d in (n // f, f)]
+    return c.reshape(sh).any(axis=(1, 3, 5))
+
+
+def _upsample(low: np.ndarray, shape: Sequence[int], k: Sequence[int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of a block-reduced array back to ``shape`` (edge repeated)."""
+    idx = [np.minimum(np.arange(n) // f, m - 1) for n, f, m in zip(shape, k, low.shape, strict=True)]
+    return low[np.ix_(*idx)]
+
+
+# --------------------------------------------------------------------------------------------------
+# all metrics of one scan
+
+
+def _stats(x: np.ndarray, m: np.ndarray) -> tuple[float, float, int]:
+    v = x[m]
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std()), int(v.size)
+
+
+def compute_iqms(
+    image: np.ndarray,
+    brain_mask: np.ndarray,
+    *,
+    tissues: np.ndarray | None = None,
+    air_mask: np.ndarray | None = None,
+    head_mask: np.ndarray | None = None,
+    skull_stripped: bool | None = None,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+) -> IQMResult:
+    """MRIQC's anatomical IQMs of one scan (see the module docstring for definitions).
+
+    Args:
+        image: the scan, 3-D, native grid, not masked (any intensity scale).
+        brain_mask: boolean brain mask.
+        tissues: labels 1 CSF, 2 GM, 3 WM (default :func:`segment_tissues`).
+        air_mask: background voxels (default from :func:`head_and_air_masks`).
+        head_mask: head voxels for FBER (default from :func:`head_and_air_masks`).
+        skull_stripped: ``True``: background metrics are undefined (reason given). ``None`` or
+            ``False``: they are computed where the air holds signal; an air without any (all
+            zeros, or fewer than :data:`MIN_AIR_VOXELS` voxels) also gives ``NaN`` with a reason.
+        spacing: voxel size in mm (for the air margin).
+
+    Returns:
+        An :class:`IQMResult`.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    brain = np.asarray(brain_mask, dtype=bool)
+    if x.shape != brain.shape:
+        raise ValueError(f"image {x.shape} and brain mask {brain.shape} differ in shape")
+    if tissues is None:
+        tissues = segment_tissues(x, brain)
+    tissues = np.asarray(tissues)
+    masks = {k: tissues == v for k, v in TISSUES.items()}
+    st = {k: _stats(x, m) for k, m in masks.items()}
+    values: dict[str, float] = {}
+    undefined: dict[str, str] = {}
+    (mu_wm, sd_wm, n_wm), (mu_gm, sd_gm, n_gm) = st["wm"], st["gm"]
+    values["cjv"] = cjv(mu_wm, mu_gm, sd_wm, sd_gm) if n_wm and n_gm else float("nan")
+    for k in ("csf", "gm", "wm"):
+        mu, sd, n = st[k]
+        values[f"snr_{k}"] = snr(mu, sd, n)
+    values["snr_total"] = float(np.mean([values["snr_csf"], values["snr_gm"], values["snr_wm"]]))
+    values["wm2max"] = wm2max(x, masks["wm"]) if n_wm else float("nan")
+    for name in TISSUE_METRICS:
+        if not math.isfinite(values[name]):
+            undefined[name] = "a tissue class is empty or has no spread"
+
+    counts = {k: st[k][2] for k in ("csf", "gm", "wm")}
+    reason = None
+    if skull_stripped:
+        reason = SKULL_STRIPPED_REASON
+    else:
+        if air_mask is None or head_mask is None:
+            h, a = head_and_air_masks(x, brain, spacing=spacing)
+            head_mask = h if head_mask is None else head_mask
+            air_mask = a if air_mask is None else air_mask
+        air = np.asarray(air_mask, dtype=bool)
+        head = np.asarray(head_mask, dtype=bool)
+        counts["air"], counts["head"] = int(air.sum()), int(head.sum())
+        air_vals = x[air]
+        if air_vals.size < MIN_AIR_VOXELS:
+            reason = f"only {air_vals.size} air voxels (< {MIN_AIR_VOXELS}): no background to measure"
+        elif not np.any(air_vals != 0):
+            reason = (
+                "the air around the head is all zero (skull-stripped or background removed): "
+                "background-based metrics are undefined"
+            )
+    if reason is not None:
+        for name in BACKGROUND_METRICS:
+            values[name] = float("nan")
+            undefined[name] = reason
+    else:
+        sd_air = float(air_vals.std())
+        values["cnr"] = cnr(mu_wm, mu_gm, sd_air, sd_wm, sd_gm)
+        for k in ("csf", "gm", "wm"):
+            values[f"snrd_{k}"] = snr_dietrich(st[k][0], sd_air)
+        values["snrd_total"] = float(
+            np.mean([values["snrd_csf"], values["snrd_gm"], values["snrd_wm"]])
+        )
+        frame = (x == 0) & ~head & ~air
+        values["efc"] = efc(x, frame)
+        values["fber"] = fber(x, head, air)
+        values["qi1"], counts["artefact"] = qi1(x, air, spacing)
+        for name in BACKGROUND_METRICS:
+            if not math.isfinite(values[name]):
+                undefined[name] = "the air has no spread (zero standard deviation or energy)"
+    ordered = {k: values[k] for k in METRICS}
+    return IQMResult(ordered, {k: undefined[k] for k in METRICS if k in undefined}, counts)

@@ -1,0 +1,604 @@
+"""The anomaly detector: a healthy-trained diffusion backbone that reconstructs, and what it cannot.
+
+:class:`AnomalyDetector` is estimator-style (``fit`` returns ``self``; fitted attributes end in
+``_``):
+
+1. :meth:`~AnomalyDetector.fit` trains the backbone (:mod:`neurocast.backbone`) on axial slices of
+   healthy scans on the working grid (:mod:`neurocast.anomaly.training`);
+2. :meth:`~AnomalyDetector.calibrate` scores healthy reference scans (not used for training) and
+   sets the thresholds at the chosen false-positive rate (:mod:`neurocast.anomaly.calibration`);
+3. :meth:`~AnomalyDetector.score` reconstructs a scan from partially noised copies, turns the
+   residual into an anomaly map (:mod:`neurocast.anomaly.maps`), scores it
+   (:mod:`neurocast.anomaly.scores`) and flags it; the map is also brought back to the scan's
+   native grid;
+4. :meth:`~AnomalyDetector.save` / :meth:`~AnomalyDetector.load`: a backbone checkpoint folder
+   (safetensors + ``model_card.json``) whose card holds the detector's settings, grid and
+   calibration under ``extra.anomaly``.
+
+**Why 2-D axial slices on the 2 mm grid.** The targets are tumours of 6-25 mm radius and Dice
+against their masks, so the map needs the 2 mm grid (a 4 mm grid leaves a 6 mm tumour a handful
+of voxels). On 2 CPU cores a 3-D UNet at 2 mm is out of reach for training and too slow for
+inference, while a 2-D UNet turns every scan into ~70 training images and runs all slices of a
+scan in one batch. A 2.5-D input (neighbouring slices as condition channels) would let the
+network copy the anomaly from the slices above and below, so the only image condition is the
+subject's prior; the slice's position enters as a covariate. The grid spacing is a setting
+(``grid_spacing_mm``), recorded in the model card: a 4 mm model is ~4x faster.
+
+**Reconstruction.** For each noise level ``L`` in ``noise_levels`` (fractions of the DDPM chain;
+Gaussian noise), every brain slice is noised to ``t = L T`` and denoised with
+``num_inference_steps`` DDIM steps (:func:`neurocast.backbone.reconstruct`, EMA weights, the
+prior as condition where given); the residual is the mean over levels of ``|x - x_hat|``. Low
+levels keep fine anatomy, high levels remove large lesions; combining them covers both. The
+default is one step per level (the v-prediction network's direct estimate of the clean slice):
+each network pass over a scan's ~70 slices at 2 mm costs seconds on 2 CPU cores, and in the
+quick benchmark run (``benchmarks/anomaly_benchmark.py --quick``, a short-trained model) the
+multi-step chain left more noise in the reconstruction than the direct estimate did.
+
+Example (a tiny model on tiny volumes, so the numbers are meaningless):
+    >>> import numpy as np
+    >>> from neurocast.anomaly import AnomalyDetector, Scan
+    >>> rng = np.random.default_rng(0)
+    >>> def healthy(i):
+    ...     v = np.zeros((16, 16, 8), np.float32); v[3:13, 3:13, 1:7] = 0.8
+    ...     return Scan.from_arrays(v + rng.normal(0, 0.02, v.shape).astype(np.float32), v > 0)
+    >>> det = AnomalyDetector(channels=(8, 16), n_steps=2, batch_size=4, noise_levels=(0.2,),
+    ...                       min_component_mm3=8).fit([healthy(i) for i in range(2)])
+    >>> det = det.calibrate([healthy(i) for i in range(4)])
+    >>> det.score(healthy(9)).flag in ("pass", "review-lesion", "review-artefact")
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from neurocast.anomaly.calibration import Calibration, calibrate_scores, voxel_threshold_from_maps
+from neurocast.anomaly.iqm import IQMResult
+from neurocast.anomaly.maps import Component, anomaly_map, components, eroded_mask, threshold_map
+from neurocast.anomaly.scan import Scan
+from neurocast.anomaly.scores import (
+    artefact_features,
+    artefact_score,
+    feature_zscores,
+    leave_one_out_artefact_scores,
+    lesion_score,
+    reference_statistics,
+    summarise,
+)
+from neurocast.anomaly.training import (
+    SliceDataset,
+    brain_slices,
+    covariate_specs,
+    from_model,
+    slice_inputs,
+)
+from neurocast.backbone import (
+    BackboneConfig,
+    build_backbone,
+    checkpoint_id,
+    load_backbone,
+    read_model_card,
+    reconstruct,
+    save_checkpoint,
+    train,
+)
+from neurocast.errors import CheckpointError
+from neurocast.registration.template import Grid
+
+FORMAT = "neurocast-anomaly"
+"""``extra.anomaly.format`` of an anomaly detector's model card."""
+FORMAT_VERSION = 1
+
+_PARAMS = (
+    "channels", "num_res_blocks", "noise_levels", "num_inference_steps", "n_steps", "batch_size",
+    "lr", "warmup_steps", "prior_drop_prob", "min_brain_fraction", "erosion_mm", "median_size",
+    "min_component_mm3", "voxel_quantile", "fpr", "inference_batch_size", "seed",
+)  # fmt: skip
+
+
+@dataclass
+class AnomalyResult:
+    """What :meth:`AnomalyDetector.score` returns for one scan.
+
+    Attributes:
+        anomaly_map: ``(X, Y, Z)`` float32 on ``grid`` (normalised intensity units), zero outside
+            the eroded brain mask.
+        mask: ``(X, Y, Z)`` bool: the map above the calibrated voxel threshold, clusters smaller
+            than the detector's ``min_component_mm3`` removed.
+        reconstruction: the pseudo-healthy image (mean over noise levels), on ``grid``.
+        grid: the working grid.
+        lesion_score, artefact_score: the two scores (see :mod:`neurocast.anomaly.scores`).
+        flag: ``pass``, ``review-lesion`` or ``review-artefact``.
+        percentile: percentile of the deciding score among the healthy references (%).
+        lesion_percentile, artefact_percentile: both percentiles.
+        features: the artefact features; ``feature_z`` their robust z-scores.
+        components: supra-threshold clusters, largest mass first.
+        iqms: the scan's MRIQC metrics (``None`` if not computed).
+        used_prior: whether an earlier scan conditioned the reconstruction.
+        native_map: the anomaly map resampled to the scan's native grid (``None`` without one).
+        seconds: time spent (reconstruction and scoring).
+    """
+
+    anomaly_map: np.ndarray
+    mask: np.ndarray
+    reconstruction: np.ndarray
+    grid: Grid
+    lesion_score: float
+    artefact_score: float
+    flag: str
+    percentile: float
+    lesion_percentile: float
+    artefact_percentile: float
+    features: dict[str, float] = field(default_factory=dict)
+    feature_z: dict[str, float] = field(default_factory=dict)
+    components: list[Component] = field(default_factory=list)
+    iqms: IQMResult | None = None
+    used_prior: bool = False
+    native_map: nib.Nifti1Image | None = None
+    seconds: float = 0.0
+
+    def map_image(self) -> nib.Nifti1Image:
+        """The anomaly map as a NIfTI image in template space."""
+        return self.grid.image(self.anomaly_map.astype(np.float32))
+
+    def mask_image(self) -> nib.Nifti1Image:
+        """The binary mask as a uint8 NIfTI image in template space."""
+        return self.grid.image(self.mask.astype(np.uint8), dtype=np.uint8)
+
+    def reconstruction_image(self) -> nib.Nifti1Image:
+        """The reconstruction as a NIfTI image in template space."""
+        return self.grid.image(self.reconstruction.astype(np.float32))
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready scores, flag, percentiles, clusters and IQMs (``NaN`` as ``None``)."""
+
+        def num(v: float) -> float | None:
+            return float(v) if v is not None and math.isfinite(v) else None
+
+        return {
+            "flag": self.flag,
+            "percentile": num(self.percentile),
+            "lesion_score": num(self.lesion_score),
+            "lesion_percentile": num(self.lesion_percentile),
+            "artefact_score": num(self.artefact_score),
+            "artefact_percentile": num(self.artefact_percentile),
+            "anomaly_volume_mm3": float(self.mask.sum() * self.grid.voxel_volume_mm3),
+            "used_prior": self.used_prior,
+            "artefact_features": summarise(self.features),
+            "artefact_feature_z": summarise(self.feature_z),
+            "clusters": [c.to_dict() for c in self.components[:5]],
+            "iqms": self.iqms.to_dict() if self.iqms is not None else None,
+        }
+
+
+def _grid_to_json(grid: Grid) -> dict[str, Any]:
+    return {"shape": list(grid.shape), "affine": np.asarray(grid.affine).tolist()}
+
+
+def _grid_from_json(d: dict[str, Any]) -> Grid:
+    return Grid(tuple(int(s) for s in d["shape"]), np.asarray(d["affine"], dtype=float))  # type: ignore[arg-type]
+
+
+class AnomalyDetector:
+    """Reconstruction-based anomaly detector on the diffusion backbone (see the module docstring).
+
+    Args:
+        channels: UNet feature channels per level (multiples of 8).
+        num_res_blocks: residual blocks per level.
+        noise_levels: partial-noising levels, fractions of the chain in (0, 1).
+        num_inference_steps: DDIM steps per noise level (1 = direct prediction of the clean
+            slice).
+        n_steps, batch_size, lr, warmup_steps: training (optimizer steps, slices per step, AdamW).
+        prior_drop_prob: share of prior-carrying training slices also shown without the prior.
+        min_brain_fraction: training slices need at least this share of brain.
+        erosion_mm, median_size: post-processing (:func:`neurocast.anomaly.maps.anomaly_map`).
+        min_component_mm3: clusters smaller than this are removed from masks and scores.
+        voxel_quantile: quantile of healthy map values that sets the voxel threshold.
+        fpr: per-scan false-positive rate of the calibration.
+        inference_batch_size: slices per network call when reconstructing.
+        seed: training seed (weights, data order, noise) and reconstruction noise.
+        device: torch device (default: CUDA if available, else CPU).
+        progress: show progress bars.
+
+    Fitted attributes: ``model_`` (the EMA backbone), ``config_``, ``grid_``, ``history_``,
+    ``training_`` (data summary), ``calibration_`` (after :meth:`calibrate`),
+    ``model_card_sha256_`` (after :meth:`load`/:meth:`save`).
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: Sequence[int] = (16, 32, 64),
+        num_res_blocks: int = 1,
+        noise_levels: Sequence[float] = (0.2, 0.4),
+        num_inference_steps: int = 1,
+        n_steps: int = 2000,
+        batch_size: int = 16,
+        lr: float = 2e-4,
+        warmup_steps: int = 50,
+        prior_drop_prob: float = 0.5,
+        min_brain_fraction: float = 0.02,
+        erosion_mm: float = 4.0,
+        median_size: int = 3,
+        min_component_mm3: float = 64.0,
+        voxel_quantile: float = 0.999,
+        fpr: float = 0.05,
+        inference_batch_size: int = 32,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.channels = tuple(int(c) for c in channels)
+        self.num_res_blocks = int(num_res_blocks)
+        self.noise_levels = tuple(float(v) for v in noise_levels)
+        if not self.noise_levels or not all(0.0 < v < 1.0 for v in self.noise_levels):
+            raise ValueError(f"noise levels must be in (0, 1), got {self.noise_levels}")
+        self.num_inference_steps = int(num_inference_steps)
+        self.n_steps = int(n_steps)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.warmup_steps = int(warmup_steps)
+        self.prior_drop_prob = float(prior_drop_prob)
+        self.min_brain_fraction = float(min_brain_fraction)
+        self.erosion_mm = float(erosion_mm)
+        self.median_size = int(median_size)
+        self.min_component_mm3 = float(min_component_mm3)
+        self.voxel_quantile = float(voxel_quantile)
+        self.fpr = float(fpr)
+        self.inference_batch_size = int(inference_batch_size)
+        self.seed = int(seed)
+        self.device = device
+        self.progress = bool(progress)
+
+    # ------------------------------------------------------------------ params
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-ready, without ``device`` and ``progress``)."""
+        out: dict[str, Any] = {}
+        for k in _PARAMS:
+            v = getattr(self, k)
+            out[k] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def __repr__(self) -> str:
+        fitted = "fitted" if hasattr(self, "model_") else "not fitted"
+        cal = ", calibrated" if getattr(self, "calibration_", None) is not None else ""
+        return f"AnomalyDetector(channels={self.channels}, noise_levels={self.noise_levels}; {fitted}{cal})"
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError("this AnomalyDetector is not fitted: call fit() or load() first")
+
+    def _check_grid(self, scan: Scan) -> None:
+        if scan.grid != self.grid_:
+            raise ValueError(
+                f"scan grid {scan.grid.shape} @ {scan.grid.spacing_mm} mm differs from the "
+                f"detector's {self.grid_.shape} @ {self.grid_.spacing_mm} mm: preprocess with "
+                "the detector's grid"
+            )
+
+    def _min_voxels(self) -> int:
+        return max(1, round(self.min_component_mm3 / self.grid_.voxel_volume_mm3))
+
+    def _device(self) -> torch.device:
+        if self.device is not None:
+            return torch.device(self.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    # ------------------------------------------------------------------ fit
+    def backbone_config(self) -> BackboneConfig:
+        """The backbone configuration this detector trains (2-D, one prior channel, covariates)."""
+        return BackboneConfig(
+            spatial_dims=2,
+            target_channels=1,
+            image_condition_channels=1,
+            channels=self.channels,
+            num_res_blocks=self.num_res_blocks,
+            covariates=covariate_specs(),
+            cond_drop_prob=0.0,
+            cond_drop_all_prob=0.0,
+            num_inference_steps=self.num_inference_steps,
+            extra={"model": FORMAT},
+        )
+
+    def fit(
+        self,
+        scans: Sequence[Scan],
+        *,
+        out_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        data_summary: dict[str, Any] | None = None,
+    ) -> AnomalyDetector:
+        """Train the backbone on healthy scans (their priors, where set, are used).
+
+        Args:
+            scans: healthy :class:`Scan` objects on one grid.
+            out_dir: optional folder for training logs and a resumable checkpoint.
+            resume: resume from ``out_dir/checkpoint``.
+            data_summary: description of the training data for the model card.
+
+        Returns:
+            ``self``.
+        """
+        if not scans:
+            raise ValueError("fit needs at least one healthy scan")
+        grid = scans[0].grid
+        dataset = SliceDataset(
+            scans,
+            min_brain_fraction=self.min_brain_fraction,
+            prior_drop_prob=self.prior_drop_prob,
+            seed=self.seed,
+        )
+        cfg = self.backbone_config()
+        torch.manual_seed(self.seed)
+        net = build_backbone(cfg)
+        summary = {
+            "n_scans": len(scans),
+            "n_scans_with_prior": sum(s.has_prior for s in scans),
+            "n_slices": len(dataset),
+            "n_slices_with_prior": dataset.n_with_prior,
+            "sources": [s.source for s in scans if s.source],
+            **(data_summary or {}),
+        }
+        result = train(
+            net,
+            dataset,
+            n_steps=self.n_steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_steps=min(self.warmup_steps, max(0, self.n_steps // 5)),
+            seed=self.seed,
+            device=self._device(),
+            out_dir=out_dir,
+            resume=resume,
+            progress=self.progress,
+            log_every=max(1, self.n_steps // 100),
+            data_summary=summary,
+        )
+        self.model_ = result.ema_model.eval()
+        self.config_ = cfg
+        self.grid_ = grid
+        self.history_ = result.history
+        self.training_ = {"data_summary": summary, "steps": result.step}
+        self.calibration_: Calibration | None = None
+        return self
+
+    # ------------------------------------------------------------------ maps
+    @torch.no_grad()
+    def reconstruct(self, scan: Scan, *, use_prior: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Pseudo-healthy reconstruction and residual of a scan.
+
+        Returns:
+            ``(reconstruction, residual)``, both ``(X, Y, Z)`` float32 in normalised units: the mean
+            reconstruction over the noise levels (the input itself on slices without brain) and
+            the mean ``|x - x_hat|`` over the levels (zero on slices without brain).
+        """
+        self._check_fitted()
+        self._check_grid(scan)
+        idx = brain_slices(scan.brain_mask)
+        recon = scan.image.copy()
+        residual = np.zeros_like(scan.image)
+        if idx.size == 0:
+            return recon, residual
+        x, cond, covs = slice_inputs(scan, idx, use_prior=use_prior)
+        dev = next(self.model_.parameters()).device
+        rec_sum = torch.zeros_like(x)
+        res_sum = torch.zeros_like(x)
+        for i, level in enumerate(self.noise_levels):
+            r = reconstruct(
+                self.model_,
+                x.to(dev),
+                level,
+                condition=cond.to(dev),
+                covariates=covs,
+                num_inference_steps=self.num_inference_steps,
+                seed=self.seed + i,
+                batch_size=self.inference_batch_size,
+            ).cpu()
+            rec_sum += r
+            res_sum += (x - r).abs()
+        n = len(self.noise_levels)
+        rec = from_model(rec_sum / n)[:, 0].numpy()
+        res = (res_sum / n)[:, 0].numpy() * 0.5  # network units are twice the normalised ones
+        recon[:, :, idx] = np.moveaxis(rec, 0, -1)
+        residual[:, :, idx] = np.moveaxis(res, 0, -1)
+        return recon.astype(np.float32), residual.astype(np.float32)
+
+    def anomaly_map(
+        self, scan: Scan, *, use_prior: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(anomaly_map, reconstruction, residual)`` of a scan (see :mod:`~neurocast.anomaly.maps`)."""
+        recon, residual = self.reconstruct(scan, use_prior=use_prior)
+        amap = anomaly_map(
+            residual,
+            scan.brain_mask,
+            spacing=scan.grid.spacing_mm,
+            erosion_mm=self.erosion_mm,
+            median_size=self.median_size,
+        )
+        return amap, recon, residual
+
+    def _region(self, scan: Scan) -> np.ndarray:
+        return eroded_mask(scan.brain_mask, self.erosion_mm, scan.grid.spacing_mm)
+
+    # ------------------------------------------------------------------ calibrate
+    def calibrate(
+        self, healthy_scans: Sequence[Scan], *, fpr: float | None = None
+    ) -> AnomalyDetector:
+        """Set the thresholds on healthy reference scans (not used for training).
+
+        Args:
+            healthy_scans: healthy references on the detector's grid, with their priors where the
+                scans to be screened will have them.
+            fpr: false-positive rate (default the constructor's ``fpr``).
+
+        Returns:
+            ``self`` with ``calibration_`` set.
+        """
+        self._check_fitted()
+        if len(healthy_scans) < 2:
+            raise ValueError("calibration needs at least two healthy reference scans")
+        maps, regions, feats = [], [], []
+        for s in healthy_scans:
+            amap, _, _ = self.anomaly_map(s)
+            region = self._region(s)
+            maps.append(amap)
+            regions.append(region)
+            feats.append(artefact_features(amap, region, s.iqms))
+        vthr = voxel_threshold_from_maps(maps, regions, self.voxel_quantile)
+        vv = self.grid_.voxel_volume_mm3
+        les = [lesion_score(m, vthr, min_voxels=self._min_voxels(), voxel_volume_mm3=vv) for m in maps]
+        art = leave_one_out_artefact_scores(feats)
+        self.calibration_ = calibrate_scores(
+            les,
+            art,
+            fpr=self.fpr if fpr is None else float(fpr),
+            voxel_threshold=vthr,
+            voxel_quantile=self.voxel_quantile,
+            feature_reference=reference_statistics(feats),
+            extra={"references": [s.source or f"scan {i}" for i, s in enumerate(healthy_scans)]},
+        )
+        return self
+
+    # ------------------------------------------------------------------ score
+    def score(self, scan: Scan, *, use_prior: bool = True) -> AnomalyResult:
+        """Anomaly map, mask, scores, flag and percentile of one scan.
+
+        Args:
+            scan: the scan (its prior, if set, conditions the reconstruction).
+            use_prior: ignore the prior when ``False``.
+        """
+        cal = getattr(self, "calibration_", None)
+        if cal is None:
+            raise RuntimeError("this AnomalyDetector is not calibrated: call calibrate() first")
+        t0 = time.perf_counter()
+        amap, recon, _ = self.anomaly_map(scan, use_prior=use_prior)
+        region = self._region(scan)
+        vv = self.grid_.voxel_volume_mm3
+        comps = components(amap, cal.voxel_threshold, min_voxels=self._min_voxels(), voxel_volume_mm3=vv)
+        les = comps[0].mass if comps else 0.0
+        feats = artefact_features(amap, region, scan.iqms)
+        art = artefact_score(feats, cal.feature_reference)
+        verdict = cal.assess(les, art)
+        native = native_map(amap, scan) if scan.has_native else None
+        return AnomalyResult(
+            anomaly_map=amap,
+            mask=threshold_map(amap, cal.voxel_threshold, self._min_voxels()),
+            reconstruction=recon,
+            grid=scan.grid,
+            lesion_score=float(les),
+            artefact_score=float(art),
+            flag=verdict["flag"],
+            percentile=verdict["percentile"],
+            lesion_percentile=verdict["lesion_percentile"],
+            artefact_percentile=verdict["artefact_percentile"],
+            features=feats,
+            feature_z=feature_zscores(feats, cal.feature_reference),
+            components=comps,
+            iqms=scan.iqms,
+            used_prior=bool(use_prior and scan.has_prior),
+            native_map=native,
+            seconds=time.perf_counter() - t0,
+        )
+
+    # ------------------------------------------------------------------ save / load
+    def card(self) -> dict[str, Any]:
+        """The detector's part of the model card (``extra.anomaly``)."""
+        self._check_fitted()
+        cal = getattr(self, "calibration_", None)
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "params": self.get_params(),
+            "grid": _grid_to_json(self.grid_),
+            "grid_spacing_mm": list(self.grid_.spacing_mm),
+            "calibration": cal.to_dict() if cal is not None else None,
+            "training": getattr(self, "training_", {}),
+        }
+
+    def save(self, path: str | os.PathLike[str], *, metrics: dict[str, Any] | None = None) -> Path:
+        """Write the detector as a checkpoint folder (safetensors + model card with calibration).
+
+        Returns:
+            The folder.
+        """
+        self._check_fitted()
+        training = getattr(self, "training_", {})
+        out = save_checkpoint(
+            path,
+            self.model_,
+            seed=self.seed,
+            data_summary=training.get("data_summary", {}),
+            metrics=metrics,
+            card_extra={"anomaly": self.card()},
+        )
+        self.model_card_sha256_ = checkpoint_id(out)
+        return out
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+    ) -> AnomalyDetector:
+        """Load a detector saved by :meth:`save` (hashes verified, nothing unpickled).
+
+        Raises:
+            CheckpointError: not a neurocast anomaly checkpoint, or damaged.
+        """
+        p = Path(path)
+        card = read_model_card(p)
+        info = (card.get("extra") or {}).get("anomaly")
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            raise CheckpointError(f"{p}: not a neurocast anomaly detector (no extra.anomaly card)")
+        if int(info.get("format_version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{p}: anomaly format version {info.get('format_version')} is newer than this "
+                f"neurocast reads ({FORMAT_VERSION})"
+            )
+        params = dict(info.get("params") or {})
+        unknown = sorted(set(params) - set(_PARAMS))
+        if unknown:
+            raise CheckpointError(f"{p}: unknown detector settings in the model card: {unknown}")
+        det = cls(**params, device=device)
+        det.model_ = load_backbone(p, device=device)
+        det.config_ = det.model_.config
+        det.grid_ = _grid_from_json(info["grid"])
+        det.history_ = []
+        det.training_ = dict(info.get("training") or {})
+        cal = info.get("calibration")
+        det.calibration_ = Calibration.from_dict(cal) if cal else None
+        det.model_card_sha256_ = checkpoint_id(p)
+        return det
+
+
+def native_map(amap: np.ndarray, scan: Scan) -> nib.Nifti1Image:
+    """The template-space anomaly map resampled (linear) onto the scan's native grid.
+
+    Uses the inverse of the preprocessing's affine: a native point ``p`` takes the map's value at
+    ``native_to_template @ p``.
+    """
+    from neurocast.registration.transforms import resample
+
+    if not scan.has_native:
+        raise ValueError("the scan has no native grid and transform")
+    assert scan.native_shape is not None and scan.native_affine is not None
+    data = resample(
+        np.asarray(amap, dtype=np.float32),
+        scan.grid.affine,
+        scan.native_shape,
+        scan.native_affine,
+        scan.native_to_template,
+        order=1,
+    )
+    img = nib.Nifti1Image(data.astype(np.float32), scan.native_affine)
+    img.set_qform(scan.native_affine, code=1)
+    img.set_sform(scan.native_affine, code=1)
+    return img

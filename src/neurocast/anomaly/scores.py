@@ -1,0 +1,175 @@
+"""Per-scan scores: a lesion score (compact, local residual) and an artefact score (diffuse).
+
+**Lesion score** (:func:`lesion_score`): the ``mass`` of the largest cluster of the anomaly map
+above the calibrated voxel threshold (:func:`neurocast.anomaly.maps.components`): the sum of the
+map's excess over the threshold in that cluster, times the voxel volume (mm³ x intensity units).
+A tumour makes one strong compact cluster; healthy scans have at most small, weak ones. Clusters
+smaller than ``min_voxels`` do not count. 0 when there is no cluster.
+
+**Artefact score** (:func:`artefact_score`): motion, ghosting and spikes spread over the whole
+image. The evidence, each oriented so that larger means worse (:func:`artefact_features`):
+
+==================  =================================================================
+feature             what
+==================  =================================================================
+``residual_median`` median of the anomaly map over the eroded brain (diffuse residual)
+``residual_p90``    its 90th percentile
+``efc``             entropy focus criterion (ghosting/blurring spread energy into the air)
+``neg_log_fber``    ``-log(FBER)``: energy in the air relative to the head
+``qi1``             Mortamet's share of artefactual air voxels
+``cjv``             joint variation of GM and WM (blurring mixes them)
+``neg_log_snr``     ``-log(SNR_total)``
+==================  =================================================================
+
+Each defined feature is turned into a robust z-score against the healthy references
+(``(value - median) / scale``, ``scale`` = 1.4826 x MAD, floored per feature, see
+:func:`reference_statistics` and :data:`MIN_SCALE`) and the artefact score is the mean of the z-scores of the
+features that are defined for this scan (skull-stripped scans have no background features; the
+residual features are always there). The combination is unsupervised: it uses no labelled
+artefacts (the logistic-regression baseline of the benchmark does).
+
+Example:
+    >>> import numpy as np
+    >>> from neurocast.anomaly.scores import lesion_score
+    >>> amap = np.zeros((20, 20, 20), np.float32); amap[5:9, 5:9, 5:9] = 0.3
+    >>> round(lesion_score(amap, 0.1, min_voxels=4, voxel_volume_mm3=8.0), 2)
+    102.4
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from neurocast.anomaly.iqm import IQMResult
+from neurocast.anomaly.maps import components
+
+ARTEFACT_FEATURES = (
+    "residual_median",
+    "residual_p90",
+    "efc",
+    "neg_log_fber",
+    "qi1",
+    "cjv",
+    "neg_log_snr",
+)
+"""Features of the artefact score (see the module docstring)."""
+MAD_TO_SD = 1.4826
+MIN_RELATIVE_SCALE = 0.02
+"""Floor of a feature's reference scale, as a share of ``|median|`` (few references can have a
+near-zero MAD)."""
+MIN_SCALE = {
+    "residual_median": 0.002,
+    "residual_p90": 0.002,
+    "efc": 0.002,
+    "neg_log_fber": 0.05,
+    "qi1": 0.0005,
+    "cjv": 0.005,
+    "neg_log_snr": 0.02,
+}
+"""Absolute floor of each feature's reference scale (feature units): a feature that is constant
+over the references (QI1 is 0 in every clean scan) must not turn a tiny change into a huge
+z-score."""
+
+
+def lesion_score(
+    amap: np.ndarray,
+    voxel_threshold: float,
+    *,
+    min_voxels: int = 1,
+    voxel_volume_mm3: float = 1.0,
+) -> float:
+    """Mass of the largest supra-threshold cluster of the anomaly map (0 if there is none)."""
+    comps = components(amap, voxel_threshold, min_voxels=min_voxels, voxel_volume_mm3=voxel_volume_mm3)
+    return comps[0].mass if comps else 0.0
+
+
+def _log_or_nan(v: float) -> float:
+    return math.log(v) if math.isfinite(v) and v > 0 else float("nan")
+
+
+def artefact_features(
+    amap: np.ndarray, region: np.ndarray, iqms: IQMResult | None = None
+) -> dict[str, float]:
+    """The artefact evidence of one scan (``NaN`` where undefined), see the module docstring.
+
+    Args:
+        amap: the anomaly map.
+        region: where the diffuse residual is measured (the eroded brain mask).
+        iqms: the scan's MRIQC metrics (``None``: only the residual features).
+    """
+    vals = np.asarray(amap, dtype=np.float64)[np.asarray(region, dtype=bool)]
+    feats = {
+        "residual_median": float(np.median(vals)) if vals.size else float("nan"),
+        "residual_p90": float(np.percentile(vals, 90)) if vals.size else float("nan"),
+    }
+    q = iqms.get if iqms is not None else (lambda name: float("nan"))
+    feats["efc"] = q("efc")
+    feats["neg_log_fber"] = -_log_or_nan(q("fber"))
+    feats["qi1"] = q("qi1")
+    feats["cjv"] = q("cjv")
+    feats["neg_log_snr"] = -_log_or_nan(q("snr_total"))
+    return {k: float(feats[k]) for k in ARTEFACT_FEATURES}
+
+
+def reference_statistics(
+    features: Sequence[Mapping[str, float]],
+) -> dict[str, dict[str, float]]:
+    """Median and robust scale of each feature over healthy references (NaNs ignored).
+
+    ``scale = max(1.4826 MAD, MIN_RELATIVE_SCALE |median|, MIN_SCALE[feature])``. Features
+    defined for no reference are left out (they cannot be scored).
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name in ARTEFACT_FEATURES:
+        v = np.array([f.get(name, float("nan")) for f in features], dtype=np.float64)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            continue
+        med = float(np.median(v))
+        mad = float(np.median(np.abs(v - med))) * MAD_TO_SD
+        scale = max(mad, MIN_RELATIVE_SCALE * abs(med), MIN_SCALE.get(name, 1e-9))
+        out[name] = {"median": med, "scale": scale, "n": int(v.size)}
+    return out
+
+
+def feature_zscores(
+    features: Mapping[str, float], reference: Mapping[str, Mapping[str, float]]
+) -> dict[str, float]:
+    """Robust z-score of every feature that is defined here and in the reference."""
+    z = {}
+    for name, ref in reference.items():
+        v = features.get(name, float("nan"))
+        if v is not None and math.isfinite(v):
+            z[name] = (float(v) - ref["median"]) / ref["scale"]
+    return z
+
+
+def artefact_score(
+    features: Mapping[str, float], reference: Mapping[str, Mapping[str, float]]
+) -> float:
+    """Mean robust z-score of the defined artefact features (``NaN`` if none is defined)."""
+    z = feature_zscores(features, reference)
+    return float(np.mean(list(z.values()))) if z else float("nan")
+
+
+def leave_one_out_artefact_scores(features: Sequence[Mapping[str, float]]) -> list[float]:
+    """Artefact score of each reference against the *other* references.
+
+    Used by the calibration: a reference scored against statistics that include itself looks
+    more typical than a new scan would, which would put the threshold too low.
+    """
+    out = []
+    for i in range(len(features)):
+        others = [f for j, f in enumerate(features) if j != i]
+        ref = reference_statistics(others) if others else reference_statistics(features)
+        out.append(artefact_score(features[i], ref))
+    return out
+
+
+def summarise(features: Mapping[str, float]) -> dict[str, Any]:
+    """JSON-ready features (``NaN`` as ``None``)."""
+    return {k: (None if not math.isfinite(v) else float(v)) for k, v in features.items()}

@@ -1,0 +1,68 @@
+"""Calibration on healthy references gives the asked false-positive rate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from neurocast.anomaly.calibration import (
+    Calibration,
+    calibrate_scores,
+    per_score_rate,
+    percentile_of,
+    threshold_at_rate,
+    voxel_threshold_from_maps,
+)
+
+
+@pytest.mark.parametrize("fpr", [0.05, 0.1])
+def test_calibration_gives_the_asked_false_positive_rate(fpr: float) -> None:
+    rng = np.random.default_rng(0)
+    # healthy references: lesion scores mostly 0 with a heavy tail, artefact scores Gaussian
+    def healthy(n: int) -> tuple[np.ndarray, np.ndarray]:
+        les = np.where(rng.random(n) < 0.3, rng.gamma(2.0, 50.0, n), 0.0) + rng.random(n) * 1e-6
+        return les, rng.normal(0.0, 1.0, n)
+
+    cal = calibrate_scores(*healthy(2000), fpr=fpr)
+    les, art = healthy(100_000)
+    flagged = np.array([cal.flag(a, b) != "pass" for a, b in zip(les, art, strict=True)])
+    assert flagged.mean() == pytest.approx(fpr, abs=0.01)
+    # each score alone takes Šidák's share
+    assert np.mean(art > cal.artefact_threshold) == pytest.approx(per_score_rate(fpr), abs=0.007)
+
+
+def test_small_reference_sets_stay_conservative() -> None:
+    # with 20 references at 5 %, the threshold is the largest reference (never below it)
+    refs = np.arange(20.0)
+    assert threshold_at_rate(refs, per_score_rate(0.05)) == pytest.approx(19.0)
+    assert threshold_at_rate(refs, 0.5) == pytest.approx(9.5)
+
+
+def test_flags_percentiles_and_json_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    cal = calibrate_scores(rng.normal(size=200), rng.normal(size=200), fpr=0.05,
+                           voxel_threshold=0.3, voxel_quantile=0.999,
+                           feature_reference={"cjv": {"median": 0.6, "scale": 0.05, "n": 200}})  # fmt: skip
+    assert cal.flag(0.0, 0.0) == "pass"
+    assert cal.flag(9.0, 0.0) == "review-lesion"
+    assert cal.flag(0.0, 9.0) == "review-artefact"
+    assert cal.flag(9.0, 4.0) == "review-lesion"  # both above: the larger excess wins
+    assert cal.flag(math.nan, 0.0) == "pass"
+    verdict = cal.assess(9.0, 0.0)
+    assert verdict["flag"] == "review-lesion" and verdict["percentile"] == 100.0
+    assert percentile_of(0.0, [-1.0, 0.0, 1.0, 2.0]) == 50.0
+    text = json.dumps(cal.to_dict())
+    back = Calibration.from_dict(json.loads(text))
+    assert back == cal
+
+
+def test_voxel_threshold_is_a_quantile_of_healthy_map_values() -> None:
+    rng = np.random.default_rng(2)
+    maps = [rng.random((10, 10, 10)) for _ in range(3)]
+    regions = [np.ones((10, 10, 10), bool)] * 3
+    thr = voxel_threshold_from_maps(maps, regions, 0.99)
+    allv = np.concatenate([m.ravel() for m in maps])
+    assert np.mean(allv > thr) == pytest.approx(0.01, abs=0.001)

@@ -1,0 +1,150 @@
+"""`neurocast train anomaly` and `neurocast qa` on tiny simulated datasets with a tiny model.
+
+Preprocessing (N4 and ANTs registration, ~15 s a scan) is replaced by a fast stand-in that uses
+the simulation's *true* transform and brain mask, so the test runs in seconds; everything else
+(BIDS discovery, training, calibration, priors, scoring, derivatives, qa.tsv, resume, exit codes)
+is the real code. The real preprocessing path is exercised by ``benchmarks/anomaly_benchmark.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from neurocast.cli.main import cli
+
+SIM_CONFIG = {
+    "native_voxel_sizes": [[3.0, 3.0, 3.0]],
+    "skull_stripped_fraction": 0.5,
+    "field_spacing_mm": 8.0,
+}
+
+
+def _simulate(root: Path, seed: int, *extra: str) -> Path:
+    cfg = root.parent / f"{root.name}_config.json"
+    cfg.write_text(json.dumps(SIM_CONFIG))
+    run = CliRunner().invoke(cli, [
+        "simulate", str(root), "--n-subjects", "2", "--seed", str(seed), "--visits", "2", "2",
+        "--grid-spacing-mm", "4", "--config", str(cfg), "-q", *extra,
+    ])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    return root
+
+
+def fast_preprocess(image, *, grid=None, skull_stripped=None, seed=0, work_dir=None,
+                    on_fail="raise", **_):  # fmt: skip
+    """Stand-in for preprocess_t1w on simulated scans: the true transform and brain mask."""
+    from neurocast.io import load_image
+    from neurocast.registration.preprocess import PreprocessResult, normalise_intensity
+    from neurocast.registration.transforms import resample
+
+    path = Path(image)
+    sub, ses = path.name.split("_")[:2]
+    bids = path.parents[3]
+    truth = bids / "derivatives" / "neurocast-truth" / sub / ses / "anat"
+    n2t = np.array(json.loads(
+        (truth / f"{sub}_{ses}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json").read_text()
+    )["native_to_template"])  # fmt: skip
+    img = load_image(path)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    mask_img = nib.load(str(truth / f"{sub}_{ses}_desc-brain_mask.nii.gz"))
+    nmask = resample(np.asarray(mask_img.dataobj, np.float32), mask_img.affine, data.shape, img.affine) > 0.5
+    norm, _ = normalise_intensity(data, nmask)
+    inv = np.linalg.inv(n2t)
+    out = resample(norm, img.affine, grid.shape, grid.affine, inv)
+    tmask = resample(nmask.astype(np.float32), img.affine, grid.shape, grid.affine, inv) > 0.5
+    visits = pd.read_csv(bids / "derivatives" / "neurocast-truth" / "visits.tsv", sep="\t", dtype=str)
+    row = visits[(visits.participant_id == sub) & (visits.session_id == ses)].iloc[0]
+    return PreprocessResult(
+        image=grid.image((out * tmask).astype(np.float32)),
+        brain_mask=grid.image(tmask.astype(np.uint8), dtype=np.uint8),
+        native=nib.Nifti1Image(norm, img.affine),
+        native_brain_mask=nib.Nifti1Image(nmask.astype(np.uint8), img.affine),
+        native_to_template=n2t,
+        skull_stripped=row["skull_stripped"].lower() == "true",
+        qc={"passed": True, "reasons": [], "similarity": 1.0},
+        grid=grid,
+        params={"source": str(path)},
+    )
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("anomaly_cli")
+    return {
+        "train": _simulate(root / "train", 1),
+        "screen": _simulate(root / "screen", 2, "--tumour-fraction", "1.0"),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _fast_preprocessing(monkeypatch) -> None:
+    import neurocast.registration.preprocess as pp
+
+    monkeypatch.setattr(pp, "preprocess_t1w", fast_preprocess)
+
+
+def test_train_then_screen_a_simulated_dataset(datasets, tmp_path) -> None:
+    model = tmp_path / "model"
+    run = CliRunner().invoke(cli, [
+        "train", "anomaly", str(datasets["train"]), str(model), "--steps", "3",
+        "--channels", "8,16", "--noise-levels", "0.3", "--inference-steps", "1",
+        "--grid-spacing-mm", "4", "--batch-size", "8", "--seed", "1", "-q",
+    ])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert "calibrated on 2" in run.output
+    card = json.loads((model / "model_card.json").read_text())
+    assert card["extra"]["anomaly"]["calibration"]["n_references"] == 2
+    assert card["extra"]["anomaly"]["grid_spacing_mm"] == [4.0, 4.0, 4.0]
+
+    out = tmp_path / "qa"
+    args = ["qa", str(datasets["screen"]), str(out), "participant", "--model", str(model), "-q"]
+    run = CliRunner().invoke(cli, args)
+    assert run.exit_code == 0, run.output
+    anat = out / "sub-001" / "ses-bl" / "anat"
+    for name in (
+        "sub-001_ses-bl_space-MNI152NLin2009aSym_res-4_desc-anomaly_map.nii.gz",
+        "sub-001_ses-bl_space-MNI152NLin2009aSym_res-4_desc-anomaly_mask.nii.gz",
+        "sub-001_ses-bl_space-T1w_desc-anomaly_map.nii.gz",
+        "sub-001_ses-bl_desc-qa.json",
+        "sub-001_ses-bl_space-MNI152NLin2009aSym_res-4_desc-anomaly_map.json",  # provenance
+    ):
+        assert (anat / name).is_file(), name
+    assert (out / "sub-001" / "figures" / "sub-001_ses-bl_desc-anomaly_mosaic.png").is_file()
+    native = nib.load(str(anat / "sub-001_ses-bl_space-T1w_desc-anomaly_map.nii.gz"))
+    raw = nib.load(str(datasets["screen"] / "sub-001" / "ses-bl" / "anat" / "sub-001_ses-bl_T1w.nii.gz"))
+    assert native.shape == raw.shape and np.allclose(native.affine, raw.affine, atol=1e-4)
+
+    from neurocast.io.tables import read_table
+
+    table = read_table(out / "qa.tsv", "anomaly_qa")
+    assert len(table) == 4 and set(table["flag"]) <= {"pass", "review-lesion", "review-artefact"}
+    flagged = list(table["flag"] != "pass")
+    assert flagged == sorted(flagged, reverse=True)  # flagged scans first
+    record = json.loads((anat / "sub-001_ses-bl_desc-qa.json").read_text())
+    assert record["row"]["used_prior"] is False and "iqms" in record["result"]
+    later = table[table["session_id"] != "ses-bl"]
+    first = table[table["session_id"] == "ses-bl"].set_index("participant_id")["flag"]
+    for r in later.itertuples():  # a follow-up is conditioned on its baseline iff that passed
+        assert bool(r.used_prior) == (first[r.participant_id] == "pass")
+    stripped = table[table["skull_stripped"] == True]  # noqa: E712
+    assert all("skull-stripped" in str(u) for u in stripped["iqm_undefined"])
+
+    run = CliRunner().invoke(cli, args)  # resume: nothing recomputed
+    assert run.exit_code == 0 and "2 skipped" in run.output, run.output
+    run = CliRunner().invoke(cli, ["qa", str(datasets["screen"]), str(out), "group", "-q"])
+    assert run.exit_code == 0 and "4 scan(s)" in run.output, run.output
+
+
+def test_qa_without_a_model_says_how_to_get_one(datasets, tmp_path) -> None:
+    run = CliRunner().invoke(
+        cli, ["qa", str(datasets["screen"]), str(tmp_path / "o"), "participant", "--model",
+              str(tmp_path / "nothing"), "-q"],
+    )  # fmt: skip
+    assert run.exit_code == 68 and "model_card.json" in run.output

@@ -1,0 +1,115 @@
+"""The detector end to end on a tiny model and tiny volumes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from neurocast.anomaly import AnomalyDetector
+from neurocast.anomaly.scan import Scan
+from neurocast.anomaly.training import SliceDataset, slice_inputs
+from neurocast.errors import CheckpointError
+
+
+def test_planted_blob_is_flagged_and_located(tiny_detector, make_scan, blob_centre) -> None:
+    det = tiny_detector
+    assert det.calibration_ is not None and det.calibration_.n_references == 6
+    res = det.score(make_scan(7, blob=True))
+    assert res.flag == "review-lesion"
+    assert res.lesion_percentile == 100.0 and res.percentile == 100.0
+    assert np.allclose(res.components[0].centroid, blob_centre, atol=1.5)
+    assert res.mask[blob_centre]
+    clean = det.score(make_scan(8))
+    assert clean.lesion_score < res.lesion_score
+    assert not clean.mask[blob_centre]
+    summary = json.loads(json.dumps(res.summary()))
+    assert summary["flag"] == "review-lesion" and summary["clusters"]
+
+
+def test_scoring_is_deterministic(tiny_detector, make_scan) -> None:
+    a = tiny_detector.score(make_scan(9, blob=True))
+    b = tiny_detector.score(make_scan(9, blob=True))
+    assert np.array_equal(a.anomaly_map, b.anomaly_map) and a.lesion_score == b.lesion_score
+
+
+def test_prior_conditions_the_reconstruction(tiny_detector, make_scan) -> None:
+    scan = make_scan(11)
+    with_prior = scan.with_prior(make_scan(12))
+    r0 = tiny_detector.score(scan)
+    r1 = tiny_detector.score(with_prior)
+    r2 = tiny_detector.score(with_prior, use_prior=False)
+    assert not r0.used_prior and r1.used_prior and not r2.used_prior
+    assert not np.array_equal(r0.reconstruction, r1.reconstruction)
+    assert np.array_equal(r0.reconstruction, r2.reconstruction)
+    _x, cond, covs = slice_inputs(with_prior, [2, 3])
+    assert covs["prior"] == ["present", "present"] and cond.abs().sum() > 0
+    _x, cond, covs = slice_inputs(scan, [2, 3])
+    assert covs["prior"] == [None, None] and cond.abs().sum() == 0
+
+
+def test_native_map_uses_the_inverse_transform(tiny_detector, make_brain) -> None:
+    img, mask = make_brain(13, blob=True)
+    shift = np.eye(4)
+    shift[:3, 3] = [4.0, 0.0, 0.0]  # native = template moved by 4 mm (2 voxels) along x
+    scan = Scan.from_arrays(img, mask)
+    native = Scan(
+        img, mask, scan.grid, native_to_template=np.linalg.inv(shift),
+        native_affine=scan.grid.affine @ np.diag([1, 1, 1, 1.0]), native_shape=img.shape,
+    )  # fmt: skip
+    res = tiny_detector.score(native)
+    nat = np.asarray(res.native_map.dataobj)
+    # native point p maps to template point p - 4 mm: the native map is the template map moved +2
+    assert np.allclose(nat[4:-2], res.anomaly_map[2:-4], atol=1e-5)
+
+
+def test_save_and_load_round_trip(tiny_detector, make_scan, tmp_path) -> None:
+    path = tiny_detector.save(tmp_path / "model")
+    card = json.loads((path / "model_card.json").read_text())
+    info = card["extra"]["anomaly"]
+    assert info["format"] == "neurocast-anomaly" and info["calibration"]["fpr"] == 0.05
+    assert not list(path.glob("*.pt")) and not list(path.glob("*.pkl"))
+    det = AnomalyDetector.load(path)
+    assert det.get_params() == tiny_detector.get_params() and det.grid_ == tiny_detector.grid_
+    scan = make_scan(14, blob=True)
+    a, b = tiny_detector.score(scan), det.score(scan)
+    assert np.array_equal(a.anomaly_map, b.anomaly_map) and a.flag == b.flag
+    assert det.model_card_sha256_ == tiny_detector.model_card_sha256_
+
+
+def test_load_refuses_a_plain_backbone(tmp_path) -> None:
+    from neurocast.backbone import BackboneConfig, build_backbone, save_checkpoint
+
+    net = build_backbone(BackboneConfig(spatial_dims=2, channels=(8, 16)))
+    save_checkpoint(tmp_path / "plain", net)
+    with pytest.raises(CheckpointError, match="not a neurocast anomaly detector"):
+        AnomalyDetector.load(tmp_path / "plain")
+
+
+def test_estimator_contract(make_scan) -> None:
+    det = AnomalyDetector(channels=(8, 16), n_steps=1, batch_size=4, noise_levels=(0.2,))
+    with pytest.raises(RuntimeError, match="not fitted"):
+        det.reconstruct(make_scan(0))
+    assert det.fit([make_scan(0)]) is det
+    assert hasattr(det, "model_") and hasattr(det, "grid_") and det.calibration_ is None
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        det.score(make_scan(1))
+    with pytest.raises(ValueError, match="noise levels"):
+        AnomalyDetector(noise_levels=(1.5,))
+    other = Scan.from_arrays(np.zeros((8, 8, 4), np.float32), np.zeros((8, 8, 4), bool))
+    with pytest.raises(ValueError, match="grid"):
+        det.reconstruct(other)
+
+
+def test_slice_dataset_drops_priors_deterministically(make_scan) -> None:
+    scans = [make_scan(0).with_prior(make_scan(1)), make_scan(2)]
+    ds = SliceDataset(scans, prior_drop_prob=0.5, seed=3)
+    again = SliceDataset(scans, prior_drop_prob=0.5, seed=3)
+    assert ds.items == again.items
+    n_slices = len(ds.items) - sum(1 for i, _, p in ds.items if i == 0 and not p)
+    assert 0 < ds.n_with_prior < len(ds) and n_slices > 0
+    item = ds[0]
+    assert item["target"].shape == item["condition"].shape == (1, 16, 16)
+    assert item["covariates"]["prior"] == "present"
+    assert all(not p for i, _, p in ds.items if i == 1)  # no prior, never one

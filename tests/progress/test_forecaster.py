@@ -1,0 +1,212 @@
+"""The progression model and the forecast API on a tiny model and tiny volumes."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from neurocast.errors import CheckpointError
+from neurocast.progress.cohort import gather_forecasts
+from neurocast.progress.fieldgrid import field_shape, image_to_field_grid, restrict_velocity
+from neurocast.progress.forecast import ForecastSubject, forecast
+from neurocast.progress.model import ProgressionModel
+from neurocast.progress.visits import LongitudinalSubject, Visit, prepare_subject, training_pairs
+from neurocast.registration.deformation import volume_change_map
+
+SHAPE = (17, 19, 17)
+VEL_SHAPE = (9, 10, 9)
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _image(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij")
+    img = np.exp(-(x**2 + y**2 + z**2) * 2) + 0.05 * rng.standard_normal(SHAPE)
+    return np.clip(img, 0, None).astype(np.float32)
+
+
+def _pattern() -> torch.Tensor:
+    """A smooth contraction towards the centre (voxels of the 4 mm grid per year)."""
+    grids = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in VEL_SHAPE], indexing="ij")
+    return torch.stack(grids)[None] * 0.05
+
+
+def _subject(i: int, dx: str = "AD") -> LongitudinalSubject:
+    times = [0.0, 1.0, 2.5]
+    visits = [
+        Visit(f"ses-{k}", t, _image(10 * i + k), None if t == 0 else _pattern() * t * (1 + 0.2 * i),
+              {"age": 70.0 + t, "diagnosis": dx, "mmse": 25.0})
+        for k, t in enumerate(times)
+    ]  # fmt: skip
+    return LongitudinalSubject(f"sub-{i:02d}", visits, {"sex": "F" if i % 2 else "M", "apoe4": i % 3})
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> ProgressionModel:
+    torch.set_num_threads(1)
+    m = ProgressionModel(channels=(8, 16), num_inference_steps=2, seed=0)
+    subjects = [_subject(i, dx) for i, dx in enumerate(["CN", "MCI", "AD"])]
+    return m.fit(subjects, n_steps=3, batch_size=4, progress=False)
+
+
+def _forecast_subject(**kw) -> ForecastSubject:
+    img = nib.Nifti1Image(_image(99), AFFINE)
+    labels = np.zeros(SHAPE, dtype=np.int16)
+    labels[6:11, 7:12, 6:11] = 1
+    labels[2:5, 2:5, 2:5] = 2
+    regions = pd.DataFrame({"index": [1, 2], "name": ["Core", "Corner"], "abbreviation": ["C", "K"],
+                            "hemisphere": ["midline", "midline"], "source_labels": ["1", "2"]})  # fmt: skip
+    cov = {"age": 72.0, "sex": "F", "diagnosis": "MCI", "apoe4": 1, "mmse": 26.0}
+    return ForecastSubject(img, cov, "sub-99", "ses-bl", labels=nib.Nifti1Image(labels, AFFINE), regions=regions, **kw)
+
+
+def test_field_shape_covers_same_box() -> None:
+    assert field_shape((79, 97, 84), 2.0, 8.0) == (21, 25, 22)
+    assert field_shape((40, 49, 43), 4.0, 8.0) == (21, 25, 22)
+    with pytest.raises(ValueError, match="finer"):
+        field_shape((10, 10, 10), 4.0, 2.0)
+
+
+def test_image_to_field_grid_keeps_a_constant() -> None:
+    out = image_to_field_grid(np.full(SHAPE, 3.0, np.float32), (5, 6, 5))
+    assert out.shape == (1, 5, 6, 5)
+    assert torch.allclose(out, torch.full_like(out, 3.0))
+
+
+def test_restriction_matches_regional_change_better_than_interpolation() -> None:
+    from neurocast.registration.deformation import resize_field
+
+    v = torch.zeros(1, 3, 17, 17, 17)
+    v[0, 0, 6:11, 6:11, 6:11] = 0.3  # a sharp local flow: interpolation smears its divergence
+    v[0, 0, 6:11, 6:11, 6:11] *= torch.linspace(-1, 1, 5).view(5, 1, 1)
+    target = volume_change_map(v)
+    region = (slice(5, 12),) * 3
+    true = float(target[0, 0][region].mean())
+    coarse = (9, 9, 9)
+    fitted = float(volume_change_map(restrict_velocity(v, coarse, n_iter=80), shape=v.shape[2:])[0, 0][region].mean())
+    naive = float(volume_change_map(resize_field(v, coarse), shape=v.shape[2:])[0, 0][region].mean())
+    assert abs(fitted - true) < abs(naive - true)
+
+
+def test_pairs_annualise_targets_and_mark_history() -> None:
+    p = prepare_subject(_subject(0), (5, 6, 5), restrict_iterations=5)
+    items = training_pairs([p], scale=1.0)
+    # 3 visits: pairs (0,1), (0,2), (1,2) + (1,2) again with history
+    assert len(items) == 4
+    with_hist = [it for it in items if it["covariates"]["history_years"] is not None]
+    assert len(with_hist) == 1 and with_hist[0]["covariates"]["history_years"] == pytest.approx(1.0)
+    assert float(with_hist[0]["condition"][1:].abs().sum()) > 0
+    no_hist = [it for it in items if it["covariates"]["history_years"] is None]
+    assert all(float(it["condition"][1:].abs().sum()) == 0 for it in no_hist)
+    # a stationary progression has the same annual rate for every pair
+    rates = torch.stack([it["target"] for it in items])
+    assert torch.allclose(rates[0], rates[1], atol=1e-4)
+
+
+def test_fit_sets_fitted_attributes(tiny_model: ProgressionModel) -> None:
+    m = tiny_model
+    assert m.field_shape_ == (5, 6, 5)
+    assert m.training_summary_["n_subjects"] == 3
+    assert len(m.training_summary_["sha256"]) == 64
+    names = [c.name for c in m.config_.covariates]
+    assert {"age", "sex", "diagnosis", "apoe4", "mmse", "years", "history_years"} <= set(names)
+
+
+def test_zero_horizon_returns_the_scan(tiny_model: ProgressionModel) -> None:
+    subj = _forecast_subject()
+    fc = forecast(subj, [0.0, 2.0], n_samples=3, seed=0, model=tiny_model)
+    img = np.asarray(subj.image.dataobj)
+    assert np.array_equal(fc.images["t1w_mean"].sel(horizon=0.0).values, img)
+    assert float(abs(fc.images["jacobian_mean"].sel(horizon=0.0) - 1).max()) == 0.0
+    vol0 = fc.volumes["volume"].sel(horizon=0.0)
+    assert np.allclose(vol0.values, fc.volumes["baseline_volume"].values[:, None])
+    assert fc.volumes["volume"].dims == ("horizon", "region", "sample")
+    assert fc.images["t1w_mean"].dims == ("horizon", "x", "y", "z")
+    assert float(fc.folding.max()) == 0.0
+
+
+def test_forecast_is_deterministic_under_a_seed(tiny_model: ProgressionModel) -> None:
+    a = forecast(_forecast_subject(), [1.0, 3.0], 2, seed=5, model=tiny_model)
+    b = forecast(_forecast_subject(), [1.0, 3.0], 2, seed=5, model=tiny_model)
+    c = forecast(_forecast_subject(), [1.0, 3.0], 2, seed=6, model=tiny_model)
+    assert np.array_equal(a.volumes["volume"].values, b.volumes["volume"].values)
+    assert np.array_equal(a.images["t1w_mean"].values, b.images["t1w_mean"].values)
+    assert not np.array_equal(a.volumes["volume"].values, c.volumes["volume"].values)
+
+
+def test_scenarios_and_missing_covariates(tiny_model: ProgressionModel) -> None:
+    cn = forecast(_forecast_subject(), [2.0], 2, 0, {"diagnosis": "CN"}, model=tiny_model)
+    ad = forecast(_forecast_subject(), [2.0], 2, 0, {"diagnosis": "AD"}, model=tiny_model)
+    assert cn.volumes.attrs["diagnosis"] == "CN" and ad.volumes.attrs["diagnosis"] == "AD"
+    assert not np.array_equal(cn.annual_velocity.numpy(), ad.annual_velocity.numpy())
+    unknown = forecast(_forecast_subject(), [2.0], 2, 0, {"apoe4": None, "mmse": None}, model=tiny_model)
+    assert "apoe4" not in unknown.volumes.attrs
+    assert np.isfinite(unknown.volumes["volume"].values).all()
+
+
+def test_history_changes_the_condition(tiny_model: ProgressionModel) -> None:
+    plain = forecast(_forecast_subject(), [1.0], 2, 0, model=tiny_model)
+    hist = forecast(_forecast_subject(history_velocity=_pattern(), history_years=1.0), [1.0], 2, 0, model=tiny_model)
+    assert not np.array_equal(plain.annual_velocity.numpy(), hist.annual_velocity.numpy())
+
+
+def test_outputs_feed_the_cohort_and_the_schema(tiny_model: ProgressionModel) -> None:
+    from neurocast.registration.volumes import validate_table
+
+    fc = forecast(_forecast_subject(), [1.0, 2.0], 3, 0, model=tiny_model)
+    cohort = gather_forecasts([fc.volumes])
+    assert dict(cohort.sizes) == {"subject": 1, "horizon": 2, "region": 2, "sample": 3}
+    table = fc.table()
+    validate_table(table, "forecast_volumes")
+    assert set(table.region) == {"Core", "Corner"}
+    q = fc.quantiles()
+    assert q.dims == ("horizon", "region", "quantile")
+    assert fc.nifti("t1w_sd").shape == (*SHAPE, 2)
+
+
+def test_bad_requests_are_refused(tiny_model: ProgressionModel) -> None:
+    with pytest.raises(ValueError, match="horizons"):
+        forecast(_forecast_subject(), [-1.0], 2, 0, model=tiny_model)
+    with pytest.raises(ValueError, match="n_samples"):
+        forecast(_forecast_subject(), [1.0], 0, 0, model=tiny_model)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ProgressionModel().sample_annual_velocity(torch.zeros(1, 4, 5, 6, 5), [{}])
+
+
+def test_save_load_round_trip_gives_identical_forecasts(tiny_model: ProgressionModel, tmp_path) -> None:
+    tiny_model.save(tmp_path / "m", note="test")
+    loaded = ProgressionModel.load(tmp_path / "m")
+    a = forecast(_forecast_subject(), [1.5], 2, 3, model=tiny_model)
+    b = forecast(_forecast_subject(), [1.5], 2, 3, model=loaded)
+    assert np.array_equal(a.volumes["volume"].values, b.volumes["volume"].values)
+    assert loaded.card()["extra"]["note"] == "test"
+
+
+def test_load_refuses_tampered_or_foreign_checkpoints(tiny_model: ProgressionModel, tmp_path) -> None:
+    from neurocast.backbone import BackboneConfig, build_backbone, save_checkpoint
+
+    path = tiny_model.save(tmp_path / "m")
+    weights = path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        ProgressionModel.load(path)
+    other = save_checkpoint(tmp_path / "other", build_backbone(BackboneConfig(spatial_dims=2, channels=(8, 16))))
+    with pytest.raises(CheckpointError, match="not a neurocast progression model"):
+        ProgressionModel.load(other)
+    with pytest.raises(CheckpointError, match="no progression model"):
+        forecast(_forecast_subject(), [1.0], 1, 0, model=tmp_path / "missing")
+
+
+def test_fit_on_two_visit_subjects_without_history() -> None:
+    subjects = []
+    for i in range(2):
+        s = _subject(i)
+        s.visits = s.visits[:2]
+        subjects.append(s)
+    m = ProgressionModel(channels=(8, 16), num_inference_steps=1).fit(subjects, n_steps=1, batch_size=2, progress=False)
+    assert "history_years" in [c.name for c in m.config_.covariates]

@@ -36,12 +36,13 @@ def test_demo_runs_what_is_available_and_says_what_is_not(tmp_path: Path, fast_d
     res = run_demo(tmp_path / "demo", n_subjects=2, n_workers=1, progress=False, echo=said.append)
     assert res.index == (tmp_path / "demo" / "derivatives" / "index.html").resolve()
     assert res.index.is_file() and (res.index.parent / "sub-001.html").is_file()
-    assert list(res.summary.steps) == ["preprocess", "register"] and res.summary.exit_code == 0
+    # register preprocesses each visit itself: the demo runs no separate preprocess step
+    assert list(res.summary.steps) == ["register"] and res.summary.exit_code == 0
     assert any("'forecast' left out" in s for s in said) and any("'qa' left out" in s for s in said)
     assert "left out" in res.index.read_text()
     # a second demo on the same folder skips what is done
     res = run_demo(tmp_path / "demo", n_subjects=2, n_workers=1, progress=False, echo=said.append)
-    assert res.summary.n_done == 0 and res.summary.n_skipped == 4
+    assert res.summary.n_done == 0 and res.summary.n_skipped == 2
 
 
 def test_demo_command(tmp_path: Path, fast_demo) -> None:
@@ -71,6 +72,7 @@ def test_a_shipped_model_that_cannot_be_loaded_is_left_out(
     monkeypatch.setattr(demo_mod, "shipped_model", lambda step: tmp_path / f"{step}-demo")
     said: list[str] = []
     res = run_demo(tmp_path / "demo", n_subjects=1, n_workers=1, progress=False, echo=said.append)
-    assert list(res.summary.steps) == ["preprocess", "register"] and res.summary.exit_code == 0
+    # register preprocesses each visit itself: the demo runs no separate preprocess step
+    assert list(res.summary.steps) == ["register"] and res.summary.exit_code == 0
     assert any("'forecast' left out" in s and "truncated" in s for s in said)
     assert "truncated" in res.index.read_text()

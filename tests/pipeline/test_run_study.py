@@ -191,3 +191,28 @@ def test_group_level_with_forecasts_writes_the_group_pages(study: Path, tmp_path
     refs = referenced_files(page)
     assert any(tag == "img" for tag, _ in refs) and all(p.exists() for _, p in refs)
     assert 'href="../../index.html"' in page.read_text()
+
+
+def test_default_steps_leave_out_a_model_step_without_a_model(study: Path, tmp_path: Path, monkeypatch) -> None:
+    import neurocast.pipeline.steps as steps_mod
+    from neurocast.pipeline.study import DEFAULT_STEPS
+
+    seen: list[str] = []
+
+    def fake(name):
+        def step(ctx):
+            seen.append(name)
+            return run_participants(["01"], lambda label: label, ctx.output_dir, step=name, progress=False)
+
+        return step
+
+    for name in DEFAULT_STEPS:
+        monkeypatch.setitem(STEPS, name, fake(name))
+    monkeypatch.setattr(steps_mod, "shipped_model", lambda step: None if step == "qa" else tmp_path / "m")
+    s = run_study(study, tmp_path / "o", steps=DEFAULT_STEPS, n_workers=1, progress=False)
+    assert seen == ["preprocess", "register", "forecast"]
+    assert any("'qa' left out" in n and "--anomaly-model" in n for n in s.notes)
+    # asked for explicitly, the step runs (and would fail loudly without its model)
+    seen.clear()
+    run_study(study, tmp_path / "o2", steps="qa", n_workers=1, progress=False)
+    assert seen == ["qa"]

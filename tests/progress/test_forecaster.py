@@ -210,3 +210,30 @@ def test_fit_on_two_visit_subjects_without_history() -> None:
         subjects.append(s)
     m = ProgressionModel(channels=(8, 16), num_inference_steps=1).fit(subjects, n_steps=1, batch_size=2, progress=False)
     assert "history_years" in [c.name for c in m.config_.covariates]
+
+
+def test_registration_outputs_become_subjects(tmp_path) -> None:
+    from nc_testutils import make_bids
+    from neurocast.io.bids import discover
+    from neurocast.progress.visits import session_covariates, subjects_from_registration
+
+    bids = make_bids(tmp_path / "bids", {"01": ["bl", "m18"], "02": ["bl"]})
+    reg = tmp_path / "reg"
+    space = "space-MNI152NLin2009aSym"
+    for ses in ("bl", "m18"):
+        folder = reg / "sub-01" / f"ses-{ses}" / "anat"
+        folder.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(_image(1), AFFINE), folder / f"sub-01_ses-{ses}_{space}_res-2_desc-longitudinal_T1w.nii.gz")
+    vel = np.moveaxis(_pattern()[0].numpy() * 1.5, 0, -1)
+    nib.save(nib.Nifti1Image(vel, np.diag([4.0, 4.0, 4.0, 1.0])),
+             reg / "sub-01" / "ses-m18" / "anat" / f"sub-01_ses-m18_from-sesbl_{space}_res-4_desc-velocity_xfm.nii.gz")  # fmt: skip
+    subjects = list(subjects_from_registration(bids, reg))
+    assert [s.participant_id for s in subjects] == ["sub-01"]  # sub-02 has no registered follow-up
+    s = subjects[0]
+    assert [v.session_id for v in s.visits] == ["ses-bl", "ses-m18"]
+    assert s.visits[1].time_years == pytest.approx(1.5) and s.spacing_mm == pytest.approx(2.0)
+    assert s.visits[1].velocity.shape == (1, 3, *VEL_SHAPE) and s.visits[0].velocity is None
+    assert s.visits[1].covariates["age"] == pytest.approx(71.5) and s.covariates == {"sex": "M", "apoe4": 0}
+    p = discover(bids).participants[0]
+    cov = session_covariates(p, p.sessions[1])
+    assert cov == {"age": 71.5, "diagnosis": "CN", "mmse": 28, "sex": "M", "apoe4": 0}

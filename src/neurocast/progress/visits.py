@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neurocast.io.bids import Participant, Session
 from neurocast.progress.fieldgrid import image_to_field_grid, normalise_condition, restrict_velocity
 
 VISIT_COVARIATES = ("age", "diagnosis", "mmse")
@@ -198,6 +199,26 @@ def subjects_from_truth(sim_root: str | os.PathLike[str], participant_ids: Itera
         yield LongitudinalSubject(str(pid), out, static, source=str(truth), spacing_mm=spacing)
 
 
+def session_covariates(participant: Participant, session: Session) -> dict[str, Any]:
+    """The covariates at one session: ``participants.tsv`` values, overridden by the session's own.
+
+    ``diagnosis`` and ``mmse`` come from ``sessions.tsv`` where given there; ``age`` is the
+    session's age, else the baseline age plus the session's time. Missing values are ``None``.
+
+    Returns:
+        ``{"age", "sex", "diagnosis", "apoe4", "mmse"}``.
+    """
+    cov = {k: _clean(participant.covariates.get(k)) for k in (*VISIT_COVARIATES, *STATIC_COVARIATES)}
+    for k in ("diagnosis", "mmse"):
+        if _clean(session.info.get(k)) is not None:
+            cov[k] = _clean(session.info.get(k))
+    if session.age is not None:
+        cov["age"] = float(session.age)
+    elif cov.get("age") is not None and session.time_years is not None:
+        cov["age"] = float(cov["age"]) + float(session.time_years)
+    return cov
+
+
 def subjects_from_registration(
     bids_dir: str | os.PathLike[str],
     registration_dir: str | os.PathLike[str],
@@ -239,11 +260,10 @@ def subjects_from_registration(
             t = s.time_years
             if t is None and s.age is not None and base_age is not None:
                 t = float(s.age) - float(base_age)
-            cov = {k: _clean(s.info.get(k, p.covariates.get(k) if k != "age" else s.age)) for k in VISIT_COVARIATES}
-            if cov.get("age") is None and base_age is not None and t is not None:
-                cov["age"] = float(base_age) + float(t)
+            cov = session_covariates(p, s)
             found.append(Visit(s.entity, float(t) if t is not None else float("nan"), _image(image),
-                               read_velocity(vel) if vel is not None else None, cov))  # fmt: skip
+                               read_velocity(vel) if vel is not None else None,
+                               {k: cov[k] for k in VISIT_COVARIATES}))  # fmt: skip
         found = [v for v in found if math.isfinite(v.time_years)]
         if len(found) < 2 or not any(v.velocity is not None for v in found):
             continue
@@ -366,6 +386,7 @@ __all__ = [
     "condition_channels",
     "pair_covariates",
     "prepare_subject",
+    "session_covariates",
     "subjects_from_registration",
     "subjects_from_truth",
     "training_pairs",

@@ -33,30 +33,11 @@ from typing import Any
 from neurocast.io.batch import BatchSummary, Skipped, run_participants
 from neurocast.io.bids import Participant, Session, discover
 from neurocast.io.derivatives import DerivativesWriter
+from neurocast.progress.visits import session_covariates
+from neurocast.registration.workflows import _anat_dir as _folder
+from neurocast.registration.workflows import _prefix
 
 SPACE = "space-MNI152NLin2009aSym"
-
-
-def _prefix(p: Participant, s: Session) -> str:
-    return f"{p.participant_id}_{s.entity}" if s.label else p.participant_id
-
-
-def _folder(p: Participant, s: Session) -> str:
-    return f"{p.participant_id}/{s.entity}/anat" if s.label else f"{p.participant_id}/anat"
-
-
-def _session_covariates(p: Participant, s: Session) -> dict[str, Any]:
-    from neurocast.progress.visits import _clean
-
-    cov = {k: _clean(p.covariates.get(k)) for k in ("age", "sex", "diagnosis", "apoe4", "mmse")}
-    for k in ("diagnosis", "mmse"):
-        if _clean(s.info.get(k)) is not None:
-            cov[k] = _clean(s.info.get(k))
-    if s.age is not None:
-        cov["age"] = float(s.age)
-    elif cov.get("age") is not None and s.time_years is not None:
-        cov["age"] = float(cov["age"]) + float(s.time_years)
-    return cov
 
 
 def forecast_subject_for(
@@ -72,7 +53,7 @@ def forecast_subject_for(
     from neurocast.progress.forecast import ForecastSubject
     from neurocast.registration.transforms import read_velocity
 
-    cov = _session_covariates(participant, session)
+    cov = session_covariates(participant, session)
     sub = participant.participant_id
     if registration_dir is not None:
         folder = Path(registration_dir) / _folder(participant, session)

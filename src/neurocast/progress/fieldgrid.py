@@ -10,8 +10,10 @@ onto an 8 mm grid loses its sharp divergence: measured on simulated subjects, th
 change it implies shrinks to ~0.82 (hippocampus) and ~0.76 (lateral ventricles) of the truth. The
 forecaster would inherit that bias. :func:`restrict_velocity` instead fits the coarse field so that
 its volume-change map, evaluated on the fine field's grid, matches the fine field's (least squares,
-Adam, starting from the interpolated field). On the same subjects the regional change of the fitted
-8 mm field is within ~3 % of the 4 mm field's.
+Adam, starting from the interpolated field). On one simulated subject (5-year AD follow-up) the
+fitted 8 mm field (150 iterations) gave hippocampus -23.4 % and lateral ventricles +57.0 % against
+the truth's -23.1 % and +55.3 % (point-sampled: -19.2 % and +42.1 %). The mean squared difference
+of the volume-change maps was 9e-6 after the default 60 iterations and 5e-7 after 150.
 """
 
 from __future__ import annotations

@@ -4,8 +4,6 @@ process of its tree, and hash an output folder."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import subprocess
@@ -109,48 +107,11 @@ def run(
     return res
 
 
-VOLATILE_KEYS = {"seconds"}
-"""Keys of JSON records that hold wall-clock durations (they differ between any two runs)."""
-
-
-def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if k not in VOLATILE_KEYS}
-    if isinstance(obj, list):
-        return [_strip(v) for v in obj]
-    return obj
-
-
 def hashes(root: Path) -> dict[str, tuple[str, str]]:
-    """``relpath -> (sha256 of the bytes, sha256 with wall-clock fields removed)`` of every output.
+    """See :func:`neurocast.io.derivatives.output_hashes`."""
+    from neurocast.io.derivatives import output_hashes
 
-    Logs and the lock file are left out. For JSON files the second hash ignores ``seconds``
-    entries (timings) and, in provenance sidecars of JSON outputs, the output's own hash (which
-    covers those timings).
-    """
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if not p.is_file() or rel.startswith("logs/") or rel == ".neurocast.lock":
-            continue
-        data = p.read_bytes()
-        raw = hashlib.sha256(data).hexdigest()
-        norm = raw
-        if p.suffix == ".json":
-            try:
-                obj = _strip(json.loads(data))
-            except ValueError:
-                obj = None
-            if obj is not None:
-                if (
-                    isinstance(obj, dict)
-                    and p.name.endswith("_provenance.json")
-                    and (p.with_name(p.name[: -len("_provenance.json")] + ".json").is_file())
-                ):
-                    obj.pop("OutputSHA256", None)
-                norm = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
-        out[rel] = (raw, norm)
-    return out
+    return output_hashes(root)
 
 
 def machine() -> str:

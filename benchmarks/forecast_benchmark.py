@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--ixi-only", action="store_true", help="only the IXI scenarios (needs --ixi)")
     ap.add_argument("--samples", type=int, default=16, help="samples per horizon for the scores (calibration)")
     ap.add_argument("--max-subjects", type=int, default=None)
+    ap.add_argument("--compare-raw", action="store_true",
+                    help="also forecast with the raw samples (spread 1) to report their coverage in the same run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/forecast_results.json"))
@@ -125,6 +127,10 @@ def main() -> None:
         horizons = [float(v.time_years) for _, v in targets]
         fc = forecast(fs, horizons, args.samples, args.seed, model=model)
         ratio = fc.volumes["volume"] / fc.volumes["baseline_volume"]
+        raw = None
+        if args.compare_raw:
+            fr = forecast(fs, horizons, args.samples, args.seed, model=model, sample_spread=1.0)
+            raw = fr.volumes["volume"] / fr.volumes["baseline_volume"]
         mask = np.asarray(nib.load(str(truth_file(args.test, pid, "ses-bl", "space-*_desc-brain_mask.nii.gz"))).dataobj) > 0
         base_img = np.asarray(img.dataobj, dtype=np.float32)
         for (nominal, v), h in zip(targets, horizons, strict=True):
@@ -133,9 +139,12 @@ def main() -> None:
                 s = ratio.sel(horizon=h, region=region).values
                 lo, hi = np.quantile(s, [0.1, 0.9])
                 pop = math.exp(float(rates.get((bl.diagnosis, region), 0.0)) * h)
-                rows.append({"pid": pid, "dx": bl.diagnosis, "nominal": nominal, "years": h, "region": region,
-                             "true": true, "model": float(s.mean()), "lo": float(lo), "hi": float(hi),
-                             "popb": pop})  # fmt: skip
+                row = {"pid": pid, "dx": bl.diagnosis, "nominal": nominal, "years": h, "region": region,
+                       "true": true, "model": float(s.mean()), "lo": float(lo), "hi": float(hi), "popb": pop}
+                if raw is not None:
+                    rlo, rhi = np.quantile(raw.sel(horizon=h, region=region).values, [0.1, 0.9])
+                    row["covered_raw"] = bool(rlo <= true <= rhi)
+                rows.append(row)
             follow = np.asarray(nib.load(str(truth_file(args.test, pid, v.session_id, "space-*_desc-clean_T1w.nii.gz"))).dataobj, dtype=np.float32)
             pred = fc.images["t1w_mean"].sel(horizon=h).values
             image_rows.append({"pid": pid, "nominal": nominal, "ssim_model": ssim_in_mask(pred, follow, mask),
@@ -179,6 +188,9 @@ def main() -> None:
         "by_region": by_region.round(5).reset_index().to_dict(orient="records"),
         "by_horizon": by_h.round(5).reset_index().to_dict(orient="records"),
         "coverage_80_overall": float(df.covered.mean()),
+        "sample_spread": float(model.sample_spread),
+        "coverage_80_by_region": df.groupby("region").covered.mean().round(4).to_dict(),
+        "coverage_80_raw_samples": float(df.covered_raw.mean()) if "covered_raw" in df else None,
         "ssim_model_mean": float(imgs.ssim_model.mean()), "ssim_model_min": float(imgs.ssim_model.min()),
         "ssim_nochange_mean": float(imgs.ssim_nochange.mean()),
         "folding_max": float(imgs.folding_max.max()),

@@ -90,3 +90,21 @@ def test_forecast_refuses_a_missing_or_broken_model(cohort_and_model: tuple[Path
     res = CliRunner().invoke(cli, ["forecast", str(bids), str(tmp_path / "o2"), "participant", "--model", str(broken)])
     assert res.exit_code == 68
     assert "broken" in res.output
+
+
+def test_train_calibrate_stores_the_spread_in_the_card(cohort_and_model: tuple[Path, Path], tmp_path: Path) -> None:
+    bids, model = cohort_and_model
+    out = tmp_path / "calibrated"
+    res = CliRunner().invoke(cli, ["train", "calibrate", str(model), str(bids), "--output-model-dir", str(out),
+                                   "--samples", "3", "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "spread" in res.output and "coverage" in res.output
+    card = json.loads((out / "model_card.json").read_text())
+    cal = card["extra"]["spread_calibration"]
+    assert card["extra"]["sample_spread"] == pytest.approx(cal["spread"]) and cal["spread"] > 0
+    assert cal["n_subjects"] == 2 and cal["n_cases"] == 2 * 2 * 4  # 2 subjects x 2 follow-ups x 4 regions
+    assert "synthetic" in card["extra"]["note"].lower()  # the training note survives
+    assert len(pd.read_csv(out / "calibration_cases.tsv", sep="\t")) == cal["n_cases"]
+    # the original model is untouched
+    original = json.loads((model / "model_card.json").read_text())["extra"]
+    assert original["sample_spread"] == 1.0 and "spread_calibration" not in original

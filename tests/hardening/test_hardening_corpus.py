@@ -16,8 +16,8 @@ The registration itself is replaced by a stand-in that still reads the scan with
 (so every input check runs) but skips the minutes of ANTs work; the "not a brain" cases run the
 real registration on ``sub-bad``, and ``test_hardening_offline.py`` runs the real pipeline on a
 simulated brain mixed with broken scans. Checkpoint cases go through
-:func:`neurocast.backbone.load_backbone` (no command takes a checkpoint yet); the forecast and
-anomaly commands can reuse ``nc_testutils.make_bad_checkpoints``.
+:func:`neurocast.backbone.load_backbone` and ``neurocast forecast --model`` (refused with exit code
+68 before any participant starts).
 """
 
 from __future__ import annotations
@@ -411,7 +411,7 @@ CASES = [
     Case("output_under_a_file", _output_is_a_file, None, OUTPUT, "cannot (write|create) the output folder", register=OUTPUT),
     Case("unwritable_output", _unwritable_output, None, OUTPUT, "not writable|Permission denied", register=OUTPUT,
          root_skip="root can write into a read-only folder (output_under_a_file covers the error path)"),
-    # --- checkpoints (through neurocast.backbone.load_backbone until a command takes one)
+    # --- checkpoints (through neurocast.backbone.load_backbone and 'neurocast forecast --model')
     *[Case(f"checkpoint_{k}", None, None, None, BAD_CHECKPOINT_MESSAGES[k], checkpoint=k) for k in BAD_CHECKPOINT_MESSAGES],
 ]  # fmt: skip
 
@@ -435,6 +435,13 @@ def _run_checkpoint_case(case: Case, tmp_path: Path) -> None:
     if case.checkpoint != "mismatched_config":  # its files are intact; only loading can tell
         with pytest.raises(CheckpointError):
             verify_checkpoint(bad)
+    # and through the command that takes a model: refused before any participant starts
+    bids = make_bids(tmp_path / "ds", {"good": ["bl"]})
+    out = tmp_path / "out"
+    res = run_cli("forecast", bids, out, "participant", "--model", bad, "-q")
+    assert res.exit_code == CKPT, crash_text(res)
+    assert re.search(case.message, res.output.replace("\n", " ")), res.output
+    assert not list(out.glob("sub-*")), "a participant started with a refused model"
     assert not (tmp_path / UNPICKLED_MARKER).exists(), "something unpickled the payload"
 
 

@@ -41,6 +41,9 @@ OFFLINE_COMMANDS: list[tuple[str, Callable[[Paths], list], int]] = [
     # sub-001 is processed, the broken participants fail: exit 3
     ("preprocess", lambda p: ["preprocess", p.bids, p.out, "participant", "-q"],
      EXIT_CODES["participant_failed"]),
+    # the shipped forecaster on the simulated subject (preprocessed on the way)
+    ("forecast", lambda p: ["forecast", p.bids, p.out, "participant", "--participant-label", "001",
+                            "--samples", "2", "--horizons", "0,1", "-q"], EXIT_CODES["ok"]),
     # ("demo", lambda p: ["demo", p.tmp / "demo"], EXIT_CODES["ok"]),  <- one line a command
 ]  # fmt: skip
 """(name, argv of ``neurocast`` from the paths, expected exit code), run in this order."""
@@ -158,7 +161,11 @@ def test_good_participant_finishes_beside_broken_ones(offline_run: dict) -> None
     anat = p.out / "sub-001" / "ses-bl" / "anat"
     record = json.loads((anat / "sub-001_ses-bl_desc-preproc_qc.json").read_text())
     assert record["row"]["passed"]
-    assert len(list(anat.glob("*.nii.gz"))) == 4  # image and mask, template and native space
+    preproc = [f for f in anat.glob("*.nii.gz") if "forecast" not in f.name and "jacobian" not in f.name
+               and "uncertainty" not in f.name]  # fmt: skip
+    assert len(preproc) == 4  # image and mask, template and native space
+    forecasts = {f.name.split("desc-")[1] for f in anat.glob("*desc-*")}
+    assert {"forecast_T1w.nii.gz", "forecast_volumes.tsv", "jacobian_map.nii.gz"} <= forecasts, forecasts
     assert len(list(anat.glob("*_xfm.mat"))) == 2
 
 

@@ -26,7 +26,8 @@ def _probe(label: str, output_dir: str) -> dict:
     if w.is_complete(rel, parameters={"p": 1}, seed=0):
         raise Skipped(label)
     w.write_json(rel, {"label": label}, parameters={"p": 1}, seed=0)
-    return {"pid": os.getpid(), "torch": torch.get_num_threads(), "itk": os.environ.get(ITK_ENV)}
+    return {"pid": os.getpid(), "torch": torch.get_num_threads(), "itk": os.environ.get(ITK_ENV),
+            "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "omp": os.environ.get("OMP_NUM_THREADS")}  # fmt: skip
 
 
 def _probe_step(ctx):
@@ -57,6 +58,8 @@ def test_two_local_workers(tmp_path: Path, monkeypatch) -> None:
     seen = [r.value for r in res.values() if r.status == "done"]
     assert os.getpid() not in {v["pid"] for v in seen}  # the work ran in the worker processes
     assert all(v["torch"] == 2 and v["itk"] == "2" for v in seen)  # threads follow the setting
+    # Dask's MALLOC_TRIM_THRESHOLD_ would halve torch's speed on the workers: left out
+    assert all(v["malloc_trim"] is None and v["omp"] == "2" for v in seen), seen
     assert (out / "index.html").is_file() and (out / "sub-01.html").is_file()
     # a rerun (here in-process) skips what the workers completed
     s = run_study(bids, out, steps=["preprocess"], n_workers=1, progress=False)

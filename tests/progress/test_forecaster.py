@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from neurocast.errors import CheckpointError
+from neurocast.progress.calibration import calibrate_spread, coverage, spread_for_coverage
 from neurocast.progress.cohort import gather_forecasts
 from neurocast.progress.fieldgrid import field_shape, image_to_field_grid, restrict_velocity
 from neurocast.progress.forecast import ForecastSubject, forecast
-from neurocast.progress.model import ProgressionModel
+from neurocast.progress.model import ProgressionModel, inflate
 from neurocast.progress.visits import LongitudinalSubject, Visit, prepare_subject, training_pairs
 from neurocast.registration.deformation import volume_change_map
 
@@ -137,6 +138,23 @@ def test_forecast_is_deterministic_under_a_seed(tiny_model: ProgressionModel) ->
     assert not np.array_equal(a.volumes["volume"].values, c.volumes["volume"].values)
 
 
+def test_many_samples_are_warped_in_chunks_with_the_same_result(tiny_model: ProgressionModel) -> None:
+    subj = _forecast_subject()
+    whole = forecast(subj, [0, 1.5], 6, 2, model=tiny_model, sample_chunk=64)
+    chunked = forecast(subj, [0, 1.5], 6, 2, model=tiny_model, sample_chunk=4)
+    for name in ("t1w_mean", "t1w_sd", "jacobian_mean", "jacobian_sd"):
+        np.testing.assert_allclose(chunked.images[name].values, whole.images[name].values, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(chunked.volumes["volume"].values, whole.volumes["volume"].values, rtol=1e-6)
+    assert chunked.folding.shape == (2, 6)
+    # the per-voxel SD matches numpy's on the individually warped samples
+    from neurocast.registration.deformation import integrate_velocity, resize_field, warp
+
+    v = whole.annual_velocity[1] * 1.5
+    img = torch.from_numpy(np.asarray(subj.image.dataobj, np.float32))[None, None]
+    w = warp(img.expand(6, -1, -1, -1, -1), resize_field(integrate_velocity(v), SHAPE))[:, 0].numpy()
+    np.testing.assert_allclose(whole.images["t1w_sd"].sel(horizon=1.5).values, w.std(0, ddof=1), rtol=1e-3, atol=1e-5)
+
+
 def test_scenarios_and_missing_covariates(tiny_model: ProgressionModel) -> None:
     cn = forecast(_forecast_subject(), [2.0], 2, 0, {"diagnosis": "CN"}, model=tiny_model)
     ad = forecast(_forecast_subject(), [2.0], 2, 0, {"diagnosis": "AD"}, model=tiny_model)
@@ -237,3 +255,74 @@ def test_registration_outputs_become_subjects(tmp_path) -> None:
     p = discover(bids).participants[0]
     cov = session_covariates(p, p.sessions[1])
     assert cov == {"age": 71.5, "diagnosis": "CN", "mmse": 28, "sex": "M", "apoe4": 0}
+
+
+# ------------------------------------------------------------------ spread calibration
+def test_spread_for_coverage_recovers_the_missing_width() -> None:
+    rng = np.random.default_rng(1)
+    samples = rng.normal(0.0, 0.5, size=(2000, 32))  # twice too narrow
+    truth = rng.normal(0.0, 1.0, size=2000)
+    assert coverage(samples, truth, 0.8) < 0.55
+    s = spread_for_coverage(samples, truth, 0.8)
+    assert 1.8 < s < 2.3
+    m = samples.mean(1, keepdims=True)
+    assert coverage(m + s * (samples - m), truth, 0.8) == pytest.approx(0.8, abs=0.01)
+
+
+def test_spread_for_coverage_refuses_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="n_cases"):
+        spread_for_coverage(np.zeros((3, 1)), np.zeros(3))
+    with pytest.raises(ValueError, match="level"):
+        spread_for_coverage(np.zeros((3, 4)), np.zeros(3), level=1.0)
+
+
+def test_inflate_keeps_the_mean_and_scales_deviations() -> None:
+    x = torch.randn(2, 5, 3, 4)
+    y = inflate(x, 3.0, dim=1)
+    assert torch.allclose(y.mean(1), x.mean(1), atol=1e-6)
+    assert torch.allclose(y - y.mean(1, keepdim=True), 3 * (x - x.mean(1, keepdim=True)), atol=1e-5)
+    assert inflate(x[:, :1], 3.0) is not None and torch.equal(inflate(x[:, :1], 3.0), x[:, :1])
+
+
+def test_model_spread_widens_samples_around_the_same_mean(tiny_model: ProgressionModel) -> None:
+    cond = torch.zeros(1, 4, *tiny_model.field_shape_)
+    cov = [{"age": 70.0, "years": 2.0}]
+    raw = tiny_model.sample_annual_velocity(cond, cov, n_samples=4, seed=3, spread=1.0)
+    wide = tiny_model.sample_annual_velocity(cond, cov, n_samples=4, seed=3, spread=2.5)
+    assert torch.allclose(wide.mean(1), raw.mean(1), atol=1e-5)
+    assert torch.allclose(wide.std(1), 2.5 * raw.std(1), rtol=1e-3, atol=1e-6)
+
+
+def test_calibrate_spread_on_tiny_subjects_and_card_round_trip(tiny_model: ProgressionModel, tmp_path) -> None:
+    fs = _forecast_subject()
+    labels = np.asarray(fs.labels.dataobj)
+    subjects = [_subject(i, dx) for i, dx in enumerate(["CN", "AD"])]
+    res = calibrate_spread(tiny_model, subjects, regions=("Core", "Corner"), n_samples=3, labels=labels,
+                           region_table=fs.regions, progress=False)  # fmt: skip
+    assert res.n_subjects == 2 and res.n_cases == 2 * 2 * 2
+    assert np.isfinite(res.spread) and res.spread > 0
+    assert set(res.cases.region) == {"Core", "Corner"}
+    # the truth is the volume change of the visits' own fields: a contraction, so ratios < 1 in the core
+    core = res.cases[res.cases.region == "Core"]
+    assert (core.true_ratio < 1).all()
+    assert tiny_model.sample_spread == 1.0  # calibration does not change the model
+    tiny_model.sample_spread = res.spread
+    tiny_model.spread_calibration_ = res.to_dict()
+    try:
+        tiny_model.save(tmp_path / "m")
+        loaded = ProgressionModel.load(tmp_path / "m")
+    finally:
+        tiny_model.sample_spread = 1.0
+        tiny_model.spread_calibration_ = None
+    assert loaded.sample_spread == pytest.approx(res.spread)
+    assert loaded.spread_calibration_["n_cases"] == res.n_cases
+    assert isinstance(pd.DataFrame(res.cases), pd.DataFrame)
+
+
+def test_calibrate_spread_needs_follow_ups(tiny_model: ProgressionModel) -> None:
+    s = _subject(0)
+    s.visits = s.visits[:1]
+    with pytest.raises(ValueError, match="follow-up"):
+        calibrate_spread(tiny_model, [s], n_samples=2, labels=np.zeros(SHAPE), region_table=pd.DataFrame(), progress=False)
+    with pytest.raises(ValueError, match="n_samples"):
+        calibrate_spread(tiny_model, [s], n_samples=1, progress=False)

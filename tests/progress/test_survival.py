@@ -142,3 +142,15 @@ def test_interval_coverage_over_replicates():
         hr = ConversionModel("cox").fit(t, ["carrier"]).hazard_ratios_.iloc[0]
         covered.append(hr.hazard_ratio_lower < TRUE_HR < hr.hazard_ratio_upper)
     assert sum(covered) >= 34  # P(fewer | 95 % coverage) < 3 %
+
+
+def test_a_separating_feature_gives_infinite_bounds_not_a_crash():
+    # every event has the feature, no censored subject has it: the Cox fit diverges (found by the
+    # cohort benchmark on a 16-subject fold: math.exp overflowed)
+    n = 12
+    t = pd.DataFrame({"duration_years": np.linspace(1, 5, n), "event": [True, False] * (n // 2),
+                      "marker": [50.0, 0.0] * (n // 2), "decades": np.linspace(0.6, 0.8, n)})  # fmt: skip
+    m = ConversionModel("cox").fit(t, ["marker", "decades"])
+    hr = m.hazard_ratios_.set_index("feature")
+    assert hr.loc["decades", "hazard_ratio_upper"] == np.inf  # exp(coef + 1.96 se) > 1e308
+    assert np.isfinite(hr.loc["marker", "hazard_ratio"])

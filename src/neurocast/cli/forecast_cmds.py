@@ -176,3 +176,49 @@ def train_progress(
         ]),
     )  # fmt: skip
     click.echo(f"trained on {m.training_summary_['n_subjects']} subject(s), {m.training_summary_['n_pairs']} pair(s); model in {model_dir}")
+
+
+@click.command("calibrate")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output-model-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write the calibrated model here (default: update MODEL_DIR in place, atomically).")
+@click.option("--source", type=click.Choice(["auto", "truth", "registration"]), default="auto", show_default=True,
+              help="Truth of change: a simulated cohort's exact fields or 'neurocast register' outputs.")
+@click.option("--registration-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Outputs of 'neurocast register' (registration source).")
+@participant_filters
+@click.option("--level", type=click.FloatRange(0.5, 0.99), default=0.8, show_default=True,
+              help="Nominal coverage of the forecast's central interval.")
+@click.option("--samples", "n_samples", type=click.IntRange(2, 256), default=16, show_default=True,
+              help="Samples per forecast.")
+@seed_option
+@threads_option
+@verbosity_options
+def train_calibrate(
+    model_dir: Path, data_dir: Path, output_model_dir: Path | None, source: str, registration_dir: Path | None,
+    participant_label: list[str] | None, session_label: list[str] | None, level: float, n_samples: int,
+    seed: int, n_threads: int | None, quiet: bool, verbose: bool,
+) -> None:  # fmt: skip
+    """Calibrate the uncertainty of the forecaster in MODEL_DIR on the subjects of DATA_DIR.
+
+    DATA_DIR must hold subjects never used in training (e.g. 'neurocast simulate' with another
+    seed). Fits the factor on each sample's deviation from the mean so that the forecast's central
+    interval holds the true regional change at the nominal rate; the weights are unchanged and the
+    factor goes into the model card.
+    """
+    from neurocast.progress.workflow import calibrate_progress
+    from neurocast.registration.threads import set_threads
+
+    set_threads(n_threads or 2)
+    res = calibrate_progress(
+        model_dir, data_dir, output_model_dir=output_model_dir, source=source, registration_dir=registration_dir,
+        participant_label=participant_label, level=level, n_samples=n_samples, seed=seed, progress=not quiet,
+        command=shlex.join(["neurocast", "train", "calibrate", str(model_dir), str(data_dir), "--level", f"{level:g}",
+                            "--samples", str(n_samples), "--seed", str(seed)]),
+    )  # fmt: skip
+    click.echo(
+        f"spread {res.spread:.3g} from {res.n_subjects} subject(s), {res.n_cases} case(s): coverage of the "
+        f"{res.level:.0%} interval {res.coverage_raw:.0%} -> {res.coverage_fitted:.0%}; "
+        f"model in {output_model_dir or model_dir}"
+    )

@@ -93,7 +93,7 @@ def validate(
 def _register_commands() -> None:
     from neurocast.cli.anomaly_cmds import qa, train_anomaly
     from neurocast.cli.cohort_cmds import cohort, survival
-    from neurocast.cli.forecast_cmds import forecast, train_progress
+    from neurocast.cli.forecast_cmds import forecast, train_calibrate, train_progress
     from neurocast.cli.registration_cmds import preprocess, register
     from neurocast.cli.run_cmds import demo, run
     from neurocast.cli.simulate_cmd import simulate
@@ -111,6 +111,7 @@ def _register_commands() -> None:
     train.add_command(train_anomaly, "anomaly")
     cli.add_command(forecast)
     train.add_command(train_progress, "progress")
+    train.add_command(train_calibrate, "calibrate")
 
 
 _register_commands()

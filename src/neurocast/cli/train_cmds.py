@@ -7,4 +7,5 @@ import click
 
 @click.group()
 def train() -> None:
-    """Train a model: 'neurocast train progress' (forecaster) or 'neurocast train anomaly'."""
+    """Train a model: 'neurocast train progress' (forecaster), 'neurocast train calibrate' (its
+    uncertainty, on held-out subjects) or 'neurocast train anomaly'."""

@@ -226,3 +226,61 @@ class DerivativesWriter:
         expected = provenance(inputs, parameters, seed, model_card_sha256)
         expected = json.loads(json.dumps(expected, sort_keys=True, default=str))
         return all(recorded.get(k) == v for k, v in expected.items())
+
+
+VOLATILE_KEYS = frozenset({"seconds"})
+"""Keys of JSON records that hold wall-clock durations (they differ between any two runs)."""
+
+
+def _strip_volatile(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _strip_volatile(v) for k, v in obj.items() if k not in VOLATILE_KEYS}
+    if isinstance(obj, list):
+        return [_strip_volatile(v) for v in obj]
+    return obj
+
+
+def output_hashes(root: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
+    """Content hashes of every output under a derivatives folder, to compare two runs.
+
+    Logs (``logs/``) and the lock file are left out. Returns ``relpath -> (sha256 of the bytes,
+    sha256 ignoring wall-clock fields)``: for JSON files the second hash drops ``seconds`` entries
+    (timings) and, in the provenance sidecar of a JSON output, the output's own hash (which covers
+    those timings); for other files both are the same.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.json").write_text('{"x": 1, "seconds": 2.5}')
+        >>> _ = (d / "b.json").write_text('{"x": 1, "seconds": 9.1}')
+        >>> h = output_hashes(d)
+        >>> h["a.json"][0] != h["b.json"][0], h["a.json"][1] == h["b.json"][1]
+        (True, True)
+    """
+    import json
+
+    base = Path(root)
+    out: dict[str, tuple[str, str]] = {}
+    for p in sorted(base.rglob("*")):
+        rel = p.relative_to(base).as_posix()
+        if not p.is_file() or rel.startswith("logs/") or rel == ".neurocast.lock":
+            continue
+        data = p.read_bytes()
+        raw = hashlib.sha256(data).hexdigest()
+        norm = raw
+        if p.suffix == ".json":
+            try:
+                obj = _strip_volatile(json.loads(data))
+            except ValueError:
+                obj = None
+            if obj is not None:
+                if (
+                    isinstance(obj, dict)
+                    and p.name.endswith("_provenance.json")
+                    and p.with_name(p.name[: -len("_provenance.json")] + ".json").is_file()
+                ):
+                    obj.pop("OutputSHA256", None)
+                norm = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        out[rel] = (raw, norm)
+    return out
+

@@ -222,6 +222,14 @@ def _regional_ratios(jac: np.ndarray, labels: np.ndarray, regions: pd.DataFrame,
     return names, np.asarray(base), np.stack(ratios)
 
 
+def _sd(s1: np.ndarray, s2: np.ndarray, n: int) -> np.ndarray:
+    """Per-voxel sample SD (ddof 1) from the sum and the sum of squares; zeros for one sample."""
+    if n < 2:
+        return np.zeros(s1.shape, np.float32)
+    var = (s2 - s1 * s1 / n) / (n - 1)
+    return np.sqrt(np.clip(var, 0.0, None)).astype(np.float32)
+
+
 def forecast(
     subject: ForecastSubject,
     horizons: Sequence[float] = (1.0, 2.0, 5.0),
@@ -231,6 +239,8 @@ def forecast(
     *,
     model: ProgressionModel | str | os.PathLike[str] | None = None,
     num_inference_steps: int | None = None,
+    sample_spread: float | None = None,
+    sample_chunk: int = 8,
 ) -> Forecast:
     """Forecast a subject's brain at each horizon (see the module docstring).
 
@@ -244,6 +254,10 @@ def forecast(
             ``{"diagnosis": "AD"}``; ``None`` values make a covariate unknown.
         model: a :class:`ProgressionModel`, a model folder, or ``None`` for the shipped demo model.
         num_inference_steps: DDIM steps (default: the model's).
+        sample_spread: factor on each sample's deviation from the mean of the draws (default: the
+            model's calibrated one, see :mod:`neurocast.progress.calibration`; 1 = raw samples).
+        sample_chunk: samples warped at once; bounds memory (about 25 MB per sample on the 2 mm
+            grid) whatever ``n_samples`` is. Results do not depend on it beyond rounding.
 
     Returns:
         A :class:`Forecast`.
@@ -288,7 +302,8 @@ def forecast(
     if positive:
         covs = [{**cov, "years": h} for h in positive]
         rates = m.sample_annual_velocity(cond1[None].expand(len(positive), -1, -1, -1, -1), covs,
-                                         n_samples=n_samples, seed=seed, num_inference_steps=num_inference_steps)  # fmt: skip
+                                         n_samples=n_samples, seed=seed, num_inference_steps=num_inference_steps,
+                                         spread=sample_spread)  # fmt: skip
         k = 0
         for i, h in enumerate(hz):
             if h > 0:
@@ -297,31 +312,43 @@ def forecast(
 
     labels, regions, vox = _grid_labels(subject)
     base_img = torch.from_numpy(img)[None, None]
+    chunk = max(1, int(sample_chunk))
     t_mean, t_sd, j_mean, j_sd, fold, ratios = [], [], [], [], [], []
-    names: list[str] = []
-    base_vol = np.zeros(0)
+    names, base_vol, _ = _regional_ratios(np.ones((1, *fine), np.float32), labels, regions, vox)
+    zeros = np.zeros(fine, np.float32)
     with torch.no_grad():
         for i, h in enumerate(hz):
-            v = annual[i] * h  # (S, 3, fx, fy, fz)
             if h == 0:
-                ones = np.ones((n_samples, *fine), dtype=np.float32)
-                warped = base_img.expand(n_samples, -1, -1, -1, -1)[:, 0].numpy()
-                jac = ones
-                mean_img = img
+                t_mean.append(img)
+                t_sd.append(zeros)
+                j_mean.append(np.ones(fine, np.float32))
+                j_sd.append(zeros)
                 fold.append(np.zeros(n_samples))
-            else:
-                disp = resize_field(integrate_velocity(v), fine)
-                warped = warp(base_img.expand(n_samples, -1, -1, -1, -1), disp)[:, 0].numpy()
-                jac = volume_change_map(v, shape=fine)[:, 0].numpy()
-                mean_disp = resize_field(integrate_velocity(v.mean(0, keepdim=True)), fine)
-                mean_img = warp(base_img, mean_disp)[0, 0].numpy()
-                fold.append(folding_fraction(disp).numpy())
-            t_mean.append(mean_img)
-            t_sd.append(warped.std(0, ddof=1) if n_samples > 1 else np.zeros(fine, np.float32))
-            j_mean.append(jac.mean(0))
-            j_sd.append(jac.std(0, ddof=1) if n_samples > 1 else np.zeros(fine, np.float32))
-            names, base_vol, r = _regional_ratios(jac, labels, regions, vox)
-            ratios.append(r)
+                ratios.append(np.ones((n_samples, len(names))))
+                continue
+            v = annual[i] * h  # (S, 3, fx, fy, fz)
+            # Samples in chunks: memory stays bounded whatever n_samples (sums in float64).
+            sums = {k: np.zeros(fine, np.float64) for k in ("t1", "t2", "j1", "j2")}
+            r_parts, f_parts = [], []
+            for c in range(0, n_samples, chunk):
+                vc = v[c : c + chunk]
+                disp = resize_field(integrate_velocity(vc), fine)
+                warped = warp(base_img.expand(len(vc), -1, -1, -1, -1), disp)[:, 0].numpy().astype(np.float64)
+                jac = volume_change_map(vc, shape=fine)[:, 0].numpy()
+                sums["t1"] += warped.sum(0)
+                sums["t2"] += (warped**2).sum(0)
+                sums["j1"] += jac.sum(0, dtype=np.float64)
+                sums["j2"] += (jac.astype(np.float64) ** 2).sum(0)
+                r_parts.append(_regional_ratios(jac, labels, regions, vox)[2])
+                f_parts.append(folding_fraction(disp).numpy())
+                del warped, jac, disp
+            mean_disp = resize_field(integrate_velocity(v.mean(0, keepdim=True)), fine)
+            t_mean.append(warp(base_img, mean_disp)[0, 0].numpy())
+            t_sd.append(_sd(sums["t1"], sums["t2"], n_samples))
+            j_mean.append((sums["j1"] / n_samples).astype(np.float32))
+            j_sd.append(_sd(sums["j1"], sums["j2"], n_samples))
+            fold.append(np.concatenate(f_parts))
+            ratios.append(np.concatenate(r_parts))
 
     scale = float(subject.volume_scale)
     coords_h = {"horizon": ("horizon", np.asarray(hz), {"units": "years"})}

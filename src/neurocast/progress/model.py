@@ -47,6 +47,24 @@ CONTINUOUS = ("age", "mmse", "years", "history_years")
 CATEGORICAL = ("sex", "diagnosis", "apoe4")
 MODEL_KIND = "neurocast-progression"
 CONDITION_CHANNELS = 4
+SAMPLE_BATCH = 32
+"""Fields per network call when sampling (bounds memory for many samples; results do not depend on it)."""
+
+
+def inflate(samples: torch.Tensor, spread: float, dim: int = 1) -> torch.Tensor:
+    """``mean + spread * (samples - mean)`` along the sample dimension ``dim``.
+
+    The identity for one sample or ``spread == 1`` (see :mod:`neurocast.progress.calibration`).
+
+    Example:
+        >>> import torch
+        >>> inflate(torch.tensor([[1.0, 3.0]]), 2.0)
+        tensor([[0., 4.]])
+    """
+    if spread == 1.0 or samples.shape[dim] < 2:
+        return samples
+    mean = samples.mean(dim=dim, keepdim=True)
+    return mean + float(spread) * (samples - mean)
 
 
 def _categorical_key(value: Any) -> Any:
@@ -66,6 +84,9 @@ class ProgressionModel:
         channels: UNet channels per level (MONAI ``DiffusionModelUNet``).
         num_inference_steps: DDIM steps when sampling.
         seed: training seed.
+        sample_spread: factor on each sample's deviation from the mean of its draws (1 = raw
+            samples); fitted after training by :func:`neurocast.progress.calibration.calibrate_spread`
+            and stored in the model card.
 
     Attributes (after :meth:`fit` or :meth:`load`):
         network_: the EMA :class:`~neurocast.backbone.DiffusionBackbone`.
@@ -83,8 +104,12 @@ class ProgressionModel:
         channels: Sequence[int] = (8, 16, 32),
         num_inference_steps: int = 10,
         seed: int = 0,
+        sample_spread: float = 1.0,
     ) -> None:
+        if not sample_spread > 0:
+            raise ValueError(f"sample_spread must be > 0, got {sample_spread}")
         self.grid_spacing_mm = float(grid_spacing_mm)
+        self.sample_spread = float(sample_spread)
         self.field_spacing_mm = float(field_spacing_mm)
         self.channels = tuple(int(c) for c in channels)
         self.num_inference_steps = int(num_inference_steps)
@@ -227,13 +252,22 @@ class ProgressionModel:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str], *, metrics: Mapping[str, Any] | None = None, note: str | None = None) -> Path:
-        """Write the EMA weights (safetensors) and the model card (JSON) to the folder ``path``."""
+        """Write the EMA weights (safetensors) and the model card (JSON) to the folder ``path``.
+
+        A loaded model keeps its card's note, metrics and calibration unless given new ones."""
         from neurocast.backbone import save_checkpoint
 
         self._check_fitted()
-        extra = {"model": MODEL_KIND, "seed": self.seed}
+        old = getattr(self, "card_", {})
+        extra = {**old.get("extra", {}), "model": MODEL_KIND, "seed": self.seed, "sample_spread": self.sample_spread}
+        if getattr(self, "spread_calibration_", None) is not None:
+            extra["spread_calibration"] = self.spread_calibration_
+        if old.get("training", {}).get("step") is not None:
+            extra["training_step"] = old["training"]["step"]
         if note:
             extra["note"] = note
+        if metrics is None and old.get("metrics"):
+            metrics = old["metrics"]
         return save_checkpoint(path, self.network_, seed=self.seed, data_summary=self.training_summary_,
                                metrics=metrics, card_extra=extra)  # fmt: skip
 
@@ -255,12 +289,13 @@ class ProgressionModel:
         m = cls(
             grid_spacing_mm=cfg.extra["grid_spacing_mm"], field_spacing_mm=cfg.extra["field_spacing_mm"],
             channels=cfg.channels, num_inference_steps=cfg.num_inference_steps,
-            seed=int(card.get("seed") or 0),
+            seed=int(card.get("seed") or 0), sample_spread=float(card.get("extra", {}).get("sample_spread", 1.0)),
         )  # fmt: skip
+        m.spread_calibration_ = card.get("extra", {}).get("spread_calibration")
         m.network_ = net
         m.config_ = cfg
         m.field_shape_ = tuple(cfg.extra["field_shape"])
-        m.training_summary_ = card.get("training_data", card.get("data_summary", {}))
+        m.training_summary_ = dict(card.get("training", {}).get("data_summary") or {})
         m.history_ = []
         m.card_ = card
         m.path_ = Path(path)
@@ -280,6 +315,7 @@ class ProgressionModel:
         seed: int = 0,
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
+        spread: float | None = None,
     ) -> torch.Tensor:
         """Sample annual velocity fields.
 
@@ -291,9 +327,11 @@ class ProgressionModel:
             seed: sampling seed.
             num_inference_steps: DDIM steps (default: the model's).
             guidance_scale: classifier-free guidance (1 = none).
+            spread: the sample-spread factor (default: :attr:`sample_spread`).
 
         Returns:
-            (B, n_samples, 3, x, y, z) annual velocities in field voxels per year.
+            (B, n_samples, 3, x, y, z) annual velocities in field voxels per year, each sample's
+            deviation from the mean of the ``n_samples`` draws scaled by ``spread``.
         """
         from neurocast.backbone import sample
 
@@ -308,12 +346,13 @@ class ProgressionModel:
             covariates={k: [v for v in vals for _ in range(n_samples)] for k, vals in columns.items()} if columns else None,
             num_inference_steps=num_inference_steps or self.num_inference_steps,
             guidance_scale=guidance_scale, generator=g, noise=noise.repeat(b, 1, 1, 1, 1),
+            batch_size=SAMPLE_BATCH,
         )  # fmt: skip
-        return out.reshape(b, n_samples, 3, *condition.shape[2:])
+        return inflate(out.reshape(b, n_samples, 3, *condition.shape[2:]), self.sample_spread if spread is None else float(spread), dim=1)
 
     def card(self) -> dict[str, Any]:
         """The model card (loaded models) or a summary (fitted ones)."""
         return getattr(self, "card_", {"config": json.loads(self.config_.to_json()), "training_data": self.training_summary_})
 
 
-__all__ = ["CATEGORICAL", "CONTINUOUS", "MODEL_KIND", "ProgressionModel"]
+__all__ = ["CATEGORICAL", "CONTINUOUS", "MODEL_KIND", "ProgressionModel", "inflate"]

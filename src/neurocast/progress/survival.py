@@ -65,6 +65,14 @@ HR_COLUMNS = (
 )
 
 
+def _exp(x: float) -> float:
+    """``exp`` that gives ``inf`` (not OverflowError) for a diverged fit's huge coefficients."""
+    x = float(x)
+    if math.isnan(x):
+        return math.nan
+    return math.inf if x >= 709.0 else math.exp(x) if x > -745.0 else 0.0
+
+
 def _lifelines():
     import lifelines
 
@@ -266,9 +274,9 @@ class ConversionModel:
                         "feature": feat,
                         "coef": r["coef"],
                         "se": r["se(coef)"],
-                        "hazard_ratio": math.exp(r["coef"]),
-                        "hazard_ratio_lower": math.exp(r["coef"] - z * r["se(coef)"]),
-                        "hazard_ratio_upper": math.exp(r["coef"] + z * r["se(coef)"]),
+                        "hazard_ratio": _exp(r["coef"]),
+                        "hazard_ratio_lower": _exp(r["coef"] - z * r["se(coef)"]),
+                        "hazard_ratio_upper": _exp(r["coef"] + z * r["se(coef)"]),
                         "time_ratio": math.nan,
                         "time_ratio_lower": math.nan,
                         "time_ratio_upper": math.nan,
@@ -296,12 +304,12 @@ class ConversionModel:
                         "feature": feat,
                         "coef": beta,
                         "se": se,
-                        "hazard_ratio": math.exp(lhr),
-                        "hazard_ratio_lower": math.exp(lhr - z * se_lhr),
-                        "hazard_ratio_upper": math.exp(lhr + z * se_lhr),
-                        "time_ratio": math.exp(beta),
-                        "time_ratio_lower": math.exp(beta - z * se),
-                        "time_ratio_upper": math.exp(beta + z * se),
+                        "hazard_ratio": _exp(lhr),
+                        "hazard_ratio_lower": _exp(lhr - z * se_lhr),
+                        "hazard_ratio_upper": _exp(lhr + z * se_lhr),
+                        "time_ratio": _exp(beta),
+                        "time_ratio_lower": _exp(beta - z * se),
+                        "time_ratio_upper": _exp(beta + z * se),
                         "z": float(s.loc[key, "z"]),
                         "p": float(s.loc[key, "p"]),
                     }

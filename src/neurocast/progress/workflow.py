@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,44 @@ def forecast_dataset(
                             scheduler=scheduler, progress=progress)  # fmt: skip
 
 
+def longitudinal_subjects(
+    data_dir: str | os.PathLike[str],
+    source: str = "auto",
+    registration_dir: str | os.PathLike[str] | None = None,
+    participant_label: Iterable[str] | None = None,
+) -> tuple[str, Iterator[Any]]:
+    """The longitudinal subjects of a simulated cohort's truth or of ``neurocast register`` outputs.
+
+    Args:
+        data_dir: a simulated cohort (``source="truth"``) or a BIDS dataset (``"registration"``);
+            ``"auto"`` picks the truth when ``derivatives/neurocast-truth`` exists.
+        registration_dir: ``neurocast register`` outputs (registration source).
+        participant_label: these participants only.
+
+    Returns:
+        ``(source, subjects)``: the source used and a lazy iterator of
+        :class:`~neurocast.progress.visits.LongitudinalSubject`.
+
+    Raises:
+        neurocast.errors.InvalidDatasetError: registration source without ``registration_dir``.
+        ValueError: an unknown source.
+    """
+    from neurocast.errors import InvalidDatasetError
+    from neurocast.progress.visits import subjects_from_registration, subjects_from_truth
+
+    data = Path(data_dir)
+    if source == "auto":
+        source = "truth" if (data / "derivatives" / "neurocast-truth" / "visits.tsv").is_file() else "registration"
+    labels = None if participant_label is None else [f"sub-{x.removeprefix('sub-')}" for x in participant_label]
+    if source == "truth":
+        return source, subjects_from_truth(data, labels)
+    if source == "registration":
+        if registration_dir is None:
+            raise InvalidDatasetError(f"{data}: give the folder of 'neurocast register' outputs (--registration-dir)")
+        return source, iter(subjects_from_registration(data, registration_dir, participant_label=participant_label))
+    raise ValueError(f"source must be 'auto', 'truth' or 'registration', got {source!r}")
+
+
 def train_progress(
     data_dir: str | os.PathLike[str],
     model_dir: str | os.PathLike[str],
@@ -247,20 +285,9 @@ def train_progress(
     """
     from neurocast.errors import InvalidDatasetError
     from neurocast.progress.model import ProgressionModel
-    from neurocast.progress.visits import subjects_from_registration, subjects_from_truth
 
     data = Path(data_dir)
-    if source == "auto":
-        source = "truth" if (data / "derivatives" / "neurocast-truth" / "visits.tsv").is_file() else "registration"
-    labels = None if participant_label is None else [f"sub-{x.removeprefix('sub-')}" for x in participant_label]
-    if source == "truth":
-        subjects = subjects_from_truth(data, labels)
-    elif source == "registration":
-        if registration_dir is None:
-            raise InvalidDatasetError(f"{data}: give the folder of 'neurocast register' outputs (--registration-dir)")
-        subjects = subjects_from_registration(data, registration_dir, participant_label=participant_label)
-    else:
-        raise ValueError(f"source must be 'auto', 'truth' or 'registration', got {source!r}")
+    source, subjects = longitudinal_subjects(data, source, registration_dir, participant_label)
     work = Path(work_dir) if work_dir is not None else Path(str(model_dir) + ".work")
     m = ProgressionModel(field_spacing_mm=field_spacing_mm, channels=channels,
                          num_inference_steps=num_inference_steps, seed=seed)  # fmt: skip
@@ -278,3 +305,58 @@ def train_progress(
 
 
 __all__ = ["forecast_dataset", "forecast_participant", "forecast_subject_for", "train_progress"]
+
+
+def calibrate_progress(
+    model_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    output_model_dir: str | os.PathLike[str] | None = None,
+    source: str = "auto",
+    registration_dir: str | os.PathLike[str] | None = None,
+    participant_label: Iterable[str] | None = None,
+    level: float = 0.8,
+    n_samples: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+    command: str | None = None,
+) -> Any:
+    """Fit a trained model's sample spread on held-out subjects and save it in the model card.
+
+    See :mod:`neurocast.progress.calibration`. The weights are not changed; the card gains
+    ``extra.sample_spread`` and ``extra.spread_calibration``, and the per-case table is written
+    into the model folder as ``calibration_cases.tsv``.
+
+    Args:
+        model_dir: the trained model folder.
+        data_dir: subjects never used in training (a simulated cohort of another seed, or a BIDS
+            dataset with ``registration_dir``), see :func:`longitudinal_subjects`.
+        output_model_dir: where to write the calibrated model (default: replace ``model_dir``,
+            atomically).
+        level: nominal coverage of the central interval (default the 80 % interval).
+        n_samples: samples per forecast.
+        seed: sampling seed.
+        progress: a progress bar.
+        command: the command line, stored in the model card.
+
+    Returns:
+        The :class:`~neurocast.progress.calibration.SpreadCalibration`.
+
+    Raises:
+        neurocast.errors.CheckpointError: ``model_dir`` is not a progression model.
+        ValueError: no subject with a follow-up visit.
+    """
+    from neurocast.io.atomic import write_tsv_atomic
+    from neurocast.progress.calibration import calibrate_spread
+    from neurocast.progress.model import ProgressionModel
+
+    model = ProgressionModel.load(model_dir)
+    source, subjects = longitudinal_subjects(data_dir, source, registration_dir, participant_label)
+    result = calibrate_spread(model, subjects, level=level, n_samples=n_samples, seed=seed, progress=progress)
+    model.sample_spread = result.spread
+    model.spread_calibration_ = {**result.to_dict(), "data_dir": str(data_dir), "source": source, "command": command}
+    out = Path(output_model_dir) if output_model_dir is not None else Path(model_dir)
+    model.save(out)
+    if result.cases is not None:
+        write_tsv_atomic(out / "calibration_cases.tsv", result.cases)
+    return result

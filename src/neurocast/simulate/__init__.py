@@ -163,6 +163,7 @@ grid_spacing_mm                    2.0                                         t
 field_spacing_mm                   4.0                                         registration's field grid
 head_scale_sd, head_axis_scale_sd  0.04, 0.02                                  assumption (ICV CV ~10 %)
 male_head_scale                    1.03                                        ~9 % larger ICV in men
+head_volume_ratio_range            0.62, 1.14 (x 1883 ml template mask)        adult ICV ~1170-2150 ml
 shape_variation_mm                 2.0                                         assumption
 shape_correlation_mm               20.0                                        assumption
 ventricle_log_scale                CN 0.45, MCI 0.6, AD 0.8                    assumption

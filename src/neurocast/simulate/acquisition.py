@@ -116,7 +116,11 @@ def draw_scanner(seed: int, subject_index: int, male: bool, config: SimulationCo
     sex = math.sqrt(config.male_head_scale) if male else 1.0 / math.sqrt(config.male_head_scale)
     glob = math.exp(rng.normal(0.0, config.head_scale_sd)) * sex
     axes = np.exp(rng.normal(0.0, config.head_axis_scale_sd, size=3))
-    scale = tuple(float(glob * a) for a in axes)
+    factors = glob * axes
+    lo, hi = config.head_volume_ratio_range
+    volume = float(np.prod(factors))
+    factors = factors * (min(max(volume, lo), hi) / volume) ** (1.0 / 3.0)
+    scale = tuple(float(f) for f in factors)
     return Scanner(protocol, orientation, stripped, log_gamma, gain, scale)  # type: ignore[arg-type]
 
 

@@ -160,6 +160,10 @@ class SimulationConfig:
     """SD of the per-axis head shape factor, on top of the global one."""
     male_head_scale: float = 1.03
     """Linear head size factor of men relative to women (~9 % larger intracranial volume)."""
+    head_volume_ratio_range: tuple[float, float] = (0.62, 1.14)
+    """Range of the head's volume relative to the template (1883 ml brain mask): draws outside are
+    scaled back to it (uniformly on all axes), keeping intracranial volumes within the adult range
+    ~1170 to ~2150 ml that preprocessing's QC accepts."""
     shape_variation_mm: float = 2.0
     """RMS of the random smooth anatomical deformation (mm)."""
     shape_correlation_mm: float = 20.0
@@ -314,6 +318,9 @@ class SimulationConfig:
         lo, hi = self.age_range
         if not 0 < lo <= hi <= 120:
             raise ValueError(f"age_range must satisfy 0 < min <= max <= 120, got {self.age_range}")
+        lo, hi = self.head_volume_ratio_range
+        if not 0.2 <= lo <= hi <= 3.0:
+            raise ValueError(f"head_volume_ratio_range must satisfy 0.2 <= min <= max <= 3, got {self.head_volume_ratio_range}")
         a, b = self.n_visits
         if not 1 <= a <= b <= len(self.visit_schedule_years) + 1:
             raise ValueError(

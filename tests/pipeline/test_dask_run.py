@@ -44,6 +44,7 @@ def test_two_local_workers(tmp_path: Path, monkeypatch) -> None:
 
     bids = make_bids(tmp_path / "bids", {"01": None, "02": None, "03": None, "04": None})
     monkeypatch.setitem(STEPS, "preprocess", _probe_step)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # e.g. left by an earlier cluster in this process
     out = tmp_path / "out"
     s = run_study(bids, out, steps=["preprocess"], n_workers=2, threads_per_worker=2,
                   progress=False)  # fmt: skip
@@ -60,6 +61,7 @@ def test_two_local_workers(tmp_path: Path, monkeypatch) -> None:
     assert all(v["torch"] == 2 and v["itk"] == "2" for v in seen)  # threads follow the setting
     # Dask's MALLOC_TRIM_THRESHOLD_ would halve torch's speed on the workers: left out
     assert all(v["malloc_trim"] is None and v["omp"] == "2" for v in seen), seen
+    assert os.environ["OMP_NUM_THREADS"] == "1"  # and this process's own setting is put back
     assert (out / "index.html").is_file() and (out / "sub-01.html").is_file()
     # a rerun (here in-process) skips what the workers completed
     s = run_study(bids, out, steps=["preprocess"], n_workers=1, progress=False)

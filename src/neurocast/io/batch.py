@@ -166,6 +166,30 @@ def worker_environment(threads: int | None = None) -> dict[str, int]:
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
 
 
+@contextlib.contextmanager
+def worker_spawn_environment(threads: int | None = None) -> Iterator[None]:
+    """Start local Dask workers inside this context to give them :func:`worker_environment`.
+
+    Dask reads the variables from this process's environment first and then writes them into it
+    (so one cluster would leak its thread counts into the next). The context sets them for the
+    start and puts the previous values back afterwards.
+    """
+    import dask
+
+    env = {k: str(v) for k, v in worker_environment(threads).items()}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": dict(env)}):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _call(fn: Callable[[str], Any], label: str) -> TaskResult:
     t0 = time.perf_counter()
     try:
@@ -252,12 +276,11 @@ def run_participants(
                 results.append(_call(fn, label))
                 bar.update()
         else:
-            import dask
             from dask.distributed import Client, LocalCluster, as_completed
 
             cluster = None
             if scheduler is None:
-                with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment(1)}):
+                with worker_spawn_environment(1):
                     cluster = LocalCluster(
                         n_workers=n_workers,
                         threads_per_worker=threads_per_worker,

@@ -186,11 +186,9 @@ def dask_cluster(
 
     cluster = None
     if scheduler is None:
-        import dask
+        from neurocast.io.batch import worker_spawn_environment
 
-        from neurocast.io.batch import worker_environment
-
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environment(threads_per_worker)}):
+        with worker_spawn_environment(threads_per_worker):
             cluster = LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True,
                 memory_limit=memory_limit if memory_limit is not None else "auto",

@@ -85,6 +85,15 @@ class RegistrationFailedError(NeurocastError):
     exit_code = 69
 
 
+class InsufficientMemoryError(NeurocastError):
+    """A job would need more memory than the machine has free (e.g. a training batch too large).
+
+    The message says how much it needs, how much is free, and what to change.
+    """
+
+    exit_code = 1
+
+
 class OutputError(NeurocastError):
     """An output cannot be written (unwritable folder, path escaping the output folder).
 

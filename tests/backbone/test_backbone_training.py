@@ -219,3 +219,33 @@ def test_learns_a_trivial_conditional_task():
     truth = test_cond * test_k[:, None, None, None]
     r = torch.corrcoef(torch.stack([out.flatten(), truth.flatten()]))[0, 1]
     assert r > 0.8, float(r)
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_training(monkeypatch):
+    import collections
+
+    import psutil
+
+    from neurocast.backbone.training import estimate_training_bytes
+    from neurocast.errors import InsufficientMemoryError
+
+    data = _data()
+    net = _fresh()
+    one = estimate_training_bytes(net, data[0], 1)
+    assert estimate_training_bytes(net, data[0], 8) > 4 * (one - estimate_training_bytes(net, data[0], 0))
+    vm = collections.namedtuple("vm", "available total")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: vm(one * 3, one * 3))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(InsufficientMemoryError, match=r"batch of 64 needs at least .* GiB .*--batch-size"):
+        train(net, data, n_steps=1, batch_size=64, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # nothing trained
+
+
+def test_the_memory_check_does_not_change_training(monkeypatch):
+    # the check runs one forward pass; the training that follows must be what it was without it
+    import neurocast.backbone.training as tr
+
+    a = train(_fresh(), _data(), n_steps=3, batch_size=4, seed=1, progress=False).ema_model
+    monkeypatch.setattr(tr, "_check_training_memory", lambda *args: None)
+    b = train(_fresh(), _data(), n_steps=3, batch_size=4, seed=1, progress=False).ema_model
+    assert _same(a, b)

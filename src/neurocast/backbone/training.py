@@ -266,6 +266,63 @@ def _set_global_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- train
+def estimate_training_bytes(model: DiffusionBackbone, item: Mapping[str, Any], batch_size: int) -> int:
+    """Memory (bytes) one training step needs for ``batch_size`` items like ``item``.
+
+    The activations of one item are measured with forward hooks on every leaf module (one forward
+    pass without gradients, on the CPU), doubled for their gradients and scaled to the batch; the
+    parameters count four times (weights, gradients, AdamW's two moments) plus once for the EMA.
+    A lower bound in practice (temporary buffers are not counted): it is used to refuse batches
+    that cannot fit, not to promise that others will.
+
+    Example:
+        >>> from neurocast.backbone import BackboneConfig, build_backbone
+        >>> net = build_backbone(BackboneConfig(spatial_dims=2, target_channels=1, channels=(8, 16)))
+        >>> item = {"target": torch.zeros(1, 16, 16)}
+        >>> estimate_training_bytes(net, item, 64) > estimate_training_bytes(net, item, 1)
+        True
+    """
+    sizes: list[int] = []
+
+    def hook(_module: torch.nn.Module, _inp: Any, out: Any) -> None:
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                sizes.append(t.numel() * t.element_size())
+
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    cpu_state = torch.random.get_rng_state()
+    try:
+        batch = collate([item])
+        scheduler = make_train_scheduler(model.config)
+        with torch.no_grad():
+            diffusion_loss(model, batch["target"], scheduler, condition=batch.get("condition"),
+                           covariates=batch.get("covariates"), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    finally:
+        for h in handles:
+            h.remove()
+        torch.random.set_rng_state(cpu_state)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return int(2 * sum(sizes) * batch_size + 5 * params)
+
+
+def _check_training_memory(model: DiffusionBackbone, item: Mapping[str, Any], batch_size: int) -> None:
+    """Refuse a CPU training batch that cannot fit in the free memory (InsufficientMemoryError)."""
+    import psutil
+
+    from neurocast.errors import InsufficientMemoryError
+
+    need = estimate_training_bytes(model, item, batch_size)
+    free = int(psutil.virtual_memory().available)
+    if need > free:
+        per_item = max(1, (need - estimate_training_bytes(model, item, 0)) // max(1, batch_size))
+        fits = max(1, int(0.8 * free) // per_item)
+        raise InsufficientMemoryError(
+            f"a training batch of {batch_size} needs at least {need / 2**30:.1f} GiB but "
+            f"{free / 2**30:.1f} GiB are free; use a batch size of at most {fits} (--batch-size)"
+        )
+
+
 def train(
     model: DiffusionBackbone,
     data: Dataset | Sequence[Mapping[str, Any]] | DataLoader,
@@ -348,6 +405,8 @@ def train(
     cfg = model.config
     amp_dtype, use_scaler = _amp_settings(device, mixed_precision)
 
+    if device.type == "cpu" and not isinstance(data, DataLoader) and len(data) > 0:  # type: ignore[arg-type]
+        _check_training_memory(model, data[0], batch_size)  # type: ignore[index]
     torch.manual_seed(seed)
     model.to(device)
     model.train()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,10 @@ import nibabel as nib
 import pandas as pd
 import torch
 import xarray as xr
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from forecast_benchmark import truth_file
 
 VENTRICLES = "Lateral-Ventricles"
 ICV = "Intracranial"
@@ -99,11 +104,6 @@ def oracle(cohort: Path) -> dict:
     for col in ("hazard_linear_predictor", "subject_rate_effect"):
         out[f"concordance_true_{col}"] = float(concordance_index(ev.duration_years, -s[col].astype(float).to_numpy(), ev.event))
     return out
-
-
-def truth_file(root: Path, pid: str, ses: str, pattern: str) -> Path:
-    folder = root / "derivatives" / "neurocast-truth" / pid / ses / "anat"
-    return next(folder.glob(f"{pid}_{ses}_{pattern}"))
 
 
 def main() -> None:

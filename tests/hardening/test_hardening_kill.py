@@ -47,9 +47,12 @@ def _command(bids: Path, out: Path) -> list[str]:
     return [sys.executable, str(RUNNER), "preprocess", str(bids), str(out), "participant", "-q"]
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "NEUROCAST_TEST_DELAY": "0.3"}  # seconds per scan: kills land mid-run
+
+
 def _run(bids: Path, out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NEUROCAST_TEST_DELAY": "0.3"}
-    return subprocess.run(_command(bids, out), capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(_command(bids, out), capture_output=True, text=True, env=_env(), timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +75,8 @@ def test_kill_then_resume_gives_the_uninterrupted_outputs(dataset: Path, referen
     rng = random.Random(seed)
     after_done = rng.randint(0, N_SUBJECTS - 2)
     extra = rng.uniform(0.0, 0.25)
-    env = {**os.environ, "NEUROCAST_TEST_DELAY": "0.3"}
     proc = subprocess.Popen(_command(dataset, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env, start_new_session=True)  # fmt: skip
+                            env=_env(), start_new_session=True)  # fmt: skip
     t0 = time.perf_counter()
     while proc.poll() is None and len(list(out.glob("sub-*/**/*_desc-preproc_qc.json"))) < after_done:
         time.sleep(0.02)

@@ -194,7 +194,7 @@ def calibrate_spread(
     """
     from tqdm.auto import tqdm
 
-    from neurocast.registration.atlas import load_atlas
+    from neurocast.progress.forecast import _grid_labels
     from neurocast.registration.template import working_grid
 
     if n_samples < 2:
@@ -220,12 +220,11 @@ def calibrate_spread(
             grid = working_grid(subj.spacing_mm)
             if tuple(grid.shape) != tuple(bl.image.shape):
                 raise ValueError(f"{subj.participant_id}: images {bl.image.shape} are not on the {subj.spacing_mm:g} mm working grid {grid.shape}")
-            key = tuple(bl.image.shape)
-            if key not in atlas_cache:
-                atlas = load_atlas(grid)
-                atlas_cache[key] = (np.asarray(atlas.labels.dataobj).astype(np.int64), atlas.regions)
-            lab, table = atlas_cache[key]
             affine = grid.affine
+            key = tuple(bl.image.shape)
+            if key not in atlas_cache:  # the forecast's own default labels, once per grid
+                atlas_cache[key] = _grid_labels(ForecastSubject(nib.Nifti1Image(bl.image, affine)))[:2]
+            lab, table = atlas_cache[key]
         fs = ForecastSubject(nib.Nifti1Image(bl.image, affine), {**subj.covariates, **bl.covariates},
                              subj.participant_id, bl.session_id, labels=nib.Nifti1Image(lab.astype(np.int32), affine),
                              regions=table)  # fmt: skip

@@ -29,8 +29,14 @@ What it does (every stage caches its output under ``--work``, so a rerun only re
 Run: ``python benchmarks/anomaly_benchmark.py --quick`` (a small smoke-size run on a 4 mm grid,
 tens of minutes on 2 shared cores: its figures show the pipeline works, not what the method can
 reach) or ``python benchmarks/anomaly_benchmark.py`` (the full size: 2 mm grid, larger cohorts,
-longer training; hours on CPU, use a GPU for training if there is one). Results go to
-``--work/results.json`` and are printed as a Markdown table.
+longer training; hours on CPU). With a GPU on another machine, split it::
+
+    python benchmarks/anomaly_benchmark.py --jobs 2 --export-training bundle.npz   # CPU
+    bash benchmarks/anomaly_train_gpu.sh bundle.npz models 6.5                     # GPU
+    python benchmarks/anomaly_benchmark.py --jobs 2 --model models/small           # CPU
+
+Results go to ``--work/results.json`` (``results-NAME.json`` for ``--model .../NAME``) and are
+printed.
 """
 
 from __future__ import annotations
@@ -157,6 +163,57 @@ def real_tumour_image(name: str, voxel_mm: tuple[float, float, float]) -> nib.Ni
     return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), aff)
 
 
+def _init_worker(threads: int) -> None:
+    """Thread counts of a preprocessing worker (before ITK runs in it)."""
+    import torch
+
+    from neurocast.registration.threads import set_threads
+
+    set_threads(threads)
+    torch.set_num_threads(threads)
+
+
+def _prepare_one(work: Path, key: str, source: Any, grid_mm: float, seed: int,
+                 tumour_voxel_mm: tuple[float, float, float]) -> tuple[str, float, str | None]:
+    """Preprocess one scan into the cache; ``(key, seconds, error)``."""
+    from neurocast.registration.template import working_grid
+
+    try:
+        image = real_tumour_image(source[1], tumour_voxel_mm) if isinstance(source, tuple) else source
+        _, meta = prepared(work, key, image, working_grid(grid_mm), seed)
+        return key, meta["seconds"], None
+    except Exception as exc:  # a failed registration is reported, not fatal
+        return key, float("nan"), f"{type(exc).__name__}: {exc}"
+
+
+def prepare_all(work: Path, jobs: dict[str, tuple[Any, str]], grid_mm: float, seed: int, threads: int,
+                n_jobs: int, tumour_voxel_mm: tuple[float, float, float], log: Any) -> dict[str, tuple[Any, dict]]:
+    """Preprocess (or reuse) every scan of ``jobs`` (key -> (path or ("tumour", name), kind)).
+
+    With ``n_jobs > 1`` scans are preprocessed in that many spawned processes, each with
+    ``max(1, threads // n_jobs)`` threads. Returns key -> (scan, meta) for the scans that worked.
+    """
+    todo = [k for k in jobs if not (work / "scans" / f"{k}.npz").is_file()]
+    if todo:
+        log(f"preprocessing {len(todo)} scans ({n_jobs} at a time)")
+        per = max(1, threads // max(1, n_jobs))
+        if n_jobs > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn"),
+                                     initializer=_init_worker, initargs=(per,)) as pool:  # fmt: skip
+                futs = [pool.submit(_prepare_one, work, k, jobs[k][0], grid_mm, seed, tumour_voxel_mm) for k in todo]
+                for i, f in enumerate(futs, 1):
+                    key, secs, err = f.result()
+                    log(f"  {i}/{len(todo)} {key}: " + (f"failed: {err}" if err else f"{secs:.1f} s"))
+        else:
+            for i, k in enumerate(todo, 1):
+                key, secs, err = _prepare_one(work, k, jobs[k][0], grid_mm, seed, tumour_voxel_mm)
+                log(f"  {i}/{len(todo)} {key}: " + (f"failed: {err}" if err else f"{secs:.1f} s"))
+    return {k: load_scan(work / "scans" / f"{k}.npz") for k in jobs if (work / "scans" / f"{k}.npz").is_file()}
+
+
 # ------------------------------------------------------------------------------------------------
 # metrics
 
@@ -211,6 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise-levels", type=float, nargs="+", default=None)
     ap.add_argument("--inference-steps", type=int, default=None)
     ap.add_argument("--no-real", action="store_true", help="skip the shared real scans")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="preprocess this many scans at once (threads are shared out among them)")
+    ap.add_argument("--export-training", type=Path, default=None, metavar="BUNDLE",
+                    help="preprocess the training scans, write them as a bundle for "
+                         "anomaly_train.py (e.g. on a GPU machine) and stop")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="simulate and preprocess every scan into the cache, then stop")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="use this trained model folder (e.g. from anomaly_train.py) instead of "
+                         "training one; it is calibrated here")
     args = ap.parse_args(argv)
 
     import torch
@@ -237,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     healthy = dict(tumour_fraction=0.0, artefact_fraction=0.0)
     motion = dict(artefact_types={"motion": 1.0},
                   artefact_severities={"mild": 1 / 3, "moderate": 1 / 3, "severe": 1 / 3})  # fmt: skip
-    cohorts = pd.concat([
-        simulate(work, "train", size["train"], args.seed + 101, size["grid"], size["visits"], **healthy),
+    train_cohort = simulate(work, "train", size["train"], args.seed + 101, size["grid"], size["visits"], **healthy)
+    cohorts = train_cohort if args.export_training else pd.concat([
+        train_cohort,
         simulate(work, "calib", size["calib"], args.seed + 202, size["grid"], size["visits"], **healthy),
         simulate(work, "lrtrain", size["lrtrain"], args.seed + 303, size["grid"], size["visits"],
                  tumour_fraction=0.0, artefact_fraction=0.6, **motion),
@@ -247,31 +315,30 @@ def main(argv: list[str] | None = None) -> int:
     ], ignore_index=True)  # fmt: skip
     log(f"cohorts ready: {len(cohorts)} visits")
 
-    # 2. preprocessing
-    scans: dict[str, Any] = {}
-    seconds: dict[str, float] = {}
-    for row in cohorts.itertuples():
-        key = f"{row.cohort}_{row.participant_id}_{row.session_id}"
-        try:
-            scans[key], meta = prepared(work, key, row.path, grid, args.seed)
-            seconds[key] = meta["seconds"]
-        except Exception as exc:  # a failed registration is reported, not fatal
-            log(f"preprocessing failed for {key}: {exc}")
+    # 2. preprocessing (only what training needs when exporting the training bundle)
     cohorts["key"] = [f"{r.cohort}_{r.participant_id}_{r.session_id}" for r in cohorts.itertuples()]
-    cohorts = cohorts[cohorts["key"].isin(scans)].reset_index(drop=True)
-    real: dict[str, Any] = {}
+    if args.export_training:
+        cohorts = cohorts[cohorts["cohort"] == "train"].reset_index(drop=True)
+    jobs: dict[str, tuple[Any, str]] = {k: (p, "simulated") for k, p in zip(cohorts["key"], cohorts["path"], strict=True)}
+    real_keys: dict[str, str] = {}
     if not args.no_real:
-        for name in IXI_TRAIN + IXI_CALIB + IXI_HELDOUT:
-            real[name], meta = prepared(work, name, str(DATA / "ixi" / f"{name}_ds.nii.gz"), grid, args.seed)
-            seconds[name] = meta["seconds"]
-        for name in ("Pre_Scan_T1", "Post_Scan_T1"):
-            try:
-                img = real_tumour_image(name, tuple(args.tumour_voxel_mm))
-                real[name], meta = prepared(work, f"tumour_{name}", img, grid, args.seed)
-                seconds[name] = meta["seconds"]
-            except Exception as exc:
-                log(f"real tumour {name} failed preprocessing: {exc}")
+        ixi = IXI_TRAIN if args.export_training else IXI_TRAIN + IXI_CALIB + IXI_HELDOUT
+        for name in ixi:
+            jobs[name] = (str(DATA / "ixi" / f"{name}_ds.nii.gz"), "real")
+            real_keys[name] = name
+        if not args.export_training:
+            for name in ("Pre_Scan_T1", "Post_Scan_T1"):
+                jobs[f"tumour_{name}"] = (("tumour", name), "real")
+                real_keys[name] = f"tumour_{name}"
+    done = prepare_all(work, jobs, size["grid"], args.seed, args.threads, args.jobs, tuple(args.tumour_voxel_mm), log)
+    scans: dict[str, Any] = {k: v[0] for k, v in done.items() if k in cohorts["key"].values}
+    seconds: dict[str, float] = {k: v[1]["seconds"] for k, v in done.items()}
+    cohorts = cohorts[cohorts["key"].isin(scans)].reset_index(drop=True)
+    real: dict[str, Any] = {name: done[key][0] for name, key in real_keys.items() if key in done}
+    seconds.update({name: done[key][1]["seconds"] for name, key in real_keys.items() if key in done})
     log(f"preprocessed {len(scans)} simulated and {len(real)} real scans")
+    if args.prepare_only:
+        return 0
 
     def with_priors(table: pd.DataFrame) -> list[Any]:
         out = []
@@ -286,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     # 3. train and calibrate
-    model_dir = work / "model"
+    tag = f"-{args.model.name}" if args.model is not None else ""
+    model_dir = work / f"model{tag}"
     kw = {}
     if args.noise_levels:
         kw["noise_levels"] = tuple(args.noise_levels)
@@ -295,11 +363,23 @@ def main(argv: list[str] | None = None) -> int:
     train_scans = with_priors(cohorts[cohorts["cohort"] == "train"]) + [real[n] for n in IXI_TRAIN if n in real]
     calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"]) + [real[n] for n in IXI_CALIB if n in real]
     steps = args.steps or size["steps"]
+    if args.export_training:
+        from anomaly_train import write_bundle
+
+        write_bundle(train_scans, args.export_training)
+        log(f"wrote {len(train_scans)} training scans to {args.export_training}")
+        return 0
+    if args.model is not None:
+        import shutil
+
+        shutil.rmtree(model_dir, ignore_errors=True)
+        shutil.copytree(args.model, model_dir)
     if (model_dir / "model_card.json").is_file():
         det = AnomalyDetector.load(model_dir)
         for k, v in kw.items():
             setattr(det, k, v)
-        log(f"reusing the trained model in {model_dir}")
+        steps = det.training_.get("steps", steps)
+        log(f"reusing the trained model in {model_dir} ({steps} steps)")
     else:
         t0 = time.perf_counter()
         det = AnomalyDetector(channels=size["channels"], n_steps=steps, batch_size=size["batch"],
@@ -344,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows[-1]["dice"] = dice(res.mask, truth)
                 rows[-1]["truth_ml"] = float(truth.sum() * grid.voxel_volume_mm3 / 1000)
     df = pd.DataFrame(rows)
-    df.to_csv(work / "test_scores.tsv", sep="\t", index=False)
+    df.to_csv(work / f"test_scores{tag}.tsv", sep="\t", index=False)
     log(f"scored {len(df)} test visits")
 
     # 5. metrics
@@ -471,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     res["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch threads {args.threads}"
     res["load_average"] = os.getloadavg()
     res["wall_seconds"] = time.perf_counter() - t_start
-    (work / "results.json").write_text(json.dumps(res, indent=2, default=float))
+    res["model_dir"] = str(model_dir)
+    (work / f"results{tag}.json").write_text(json.dumps(res, indent=2, default=float))
     print(json.dumps(res, indent=2, default=float))
     return 0
 

@@ -85,6 +85,19 @@ def test_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     assert _same(load_backbone(tmp_path / "part" / "checkpoint", weights="raw"), full.model)
 
 
+def test_a_time_budget_stops_training_early_and_still_saves(tmp_path):
+    data = _data()
+    kw = dict(batch_size=4, seed=2, progress=False)
+    short = train(_fresh(), data, n_steps=50, out_dir=tmp_path / "t", max_seconds=0.0, **kw)
+    assert short.step == 1  # the first step always runs, then the budget is spent
+    assert [h["step"] for h in short.history] == [1]
+    card = read_model_card(tmp_path / "t" / "checkpoint")
+    assert card["training"]["step"] == 1 and card["metrics"]["steps"] == 1
+    # a budget that is not reached changes nothing
+    same = train(_fresh(), data, n_steps=3, max_seconds=3600.0, **kw)
+    assert same.step == 3 and _same(same.model, train(_fresh(), data, n_steps=3, **kw).model)
+
+
 def test_periodic_checkpoint_and_resume_from_a_path(tmp_path):
     data = _data()
     kw = dict(batch_size=4, seed=1, progress=False)

@@ -317,6 +317,7 @@ class AnomalyDetector:
         out_dir: str | os.PathLike[str] | None = None,
         resume: bool = False,
         data_summary: dict[str, Any] | None = None,
+        max_seconds: float | None = None,
     ) -> AnomalyDetector:
         """Train the backbone on healthy scans (their priors, where set, are used).
 
@@ -325,6 +326,8 @@ class AnomalyDetector:
             out_dir: optional folder for training logs and a resumable checkpoint.
             resume: resume from ``out_dir/checkpoint``.
             data_summary: description of the training data for the model card.
+            max_seconds: stop training after this wall-clock time (s) even if ``n_steps`` are
+                not done; ``training_["steps"]`` records the steps actually taken.
 
         Returns:
             ``self``.
@@ -363,6 +366,7 @@ class AnomalyDetector:
             progress=self.progress,
             log_every=max(1, self.n_steps // 100),
             data_summary=summary,
+            max_seconds=max_seconds,
         )
         self.model_ = result.ema_model.eval()
         self.config_ = cfg

@@ -75,6 +75,14 @@ log = logging.getLogger(__name__)
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]
 
 
+def _out_of_time(t_start: float, max_seconds: float, use_ddp: bool, device: torch.device) -> bool:
+    """Whether the wall-clock budget is spent (rank 0 decides under DDP, so all ranks agree)."""
+    over = torch.tensor([float(time.perf_counter() - t_start >= max_seconds)], device=device)
+    if use_ddp:
+        dist.broadcast(over, src=0)
+    return bool(over.item())
+
+
 # --------------------------------------------------------------------------- data
 def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Stack dataset items into a batch: ``target``/``condition`` tensors, covariates as a list.
@@ -349,6 +357,7 @@ def train(
     fingerprint_data: bool = True,
     metrics: Mapping[str, Any] | None = None,
     distributed: bool | None = None,
+    max_seconds: float | None = None,
 ) -> TrainResult:
     """Train ``model`` (in place) on ``data`` and return raw and EMA weights.
 
@@ -378,6 +387,10 @@ def train(
         fingerprint_data: hash every dataset item once (for the model card) when no hash is given.
         metrics: measured metrics to store in the final model card.
         distributed: force DDP on/off; default: on iff ``WORLD_SIZE > 1``.
+        max_seconds: wall-clock budget (s) of this call: training stops after the first step that
+            ends past it, saving and returning as at the end (the learning rate is constant after
+            the warm-up, so a run stopped early is a shorter run, not a truncated schedule).
+            ``TrainResult.step`` says how far it got. Under DDP rank 0's clock decides.
 
     Returns:
         A :class:`TrainResult`.
@@ -588,6 +601,8 @@ def train(
                 step += 1
                 batch_in_epoch += 1
                 window.append(float(loss.detach()))
+                if max_seconds is not None and _out_of_time(t_start, max_seconds, use_ddp, device):
+                    total_steps = step
                 if step % max(1, log_every) == 0 or step == total_steps:
                     rec = {
                         "step": step,

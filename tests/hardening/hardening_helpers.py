@@ -43,11 +43,13 @@ def fake_preprocess_result():
     return pp.PreprocessResult(img, mask, img, mask, np.eye(4), False, qc, grid, {})
 
 
-def snapshot(root: Path, exclude: Path | None = None) -> dict[str, float]:
-    """Every file under ``root`` (not following symlinks) with its mtime, except under ``exclude``."""
+def snapshot(root: Path, exclude: Path | tuple[Path, ...] = ()) -> dict[str, float]:
+    """Every file under ``root`` (not following symlinks) with its mtime, except under ``exclude``
+    (one folder or several)."""
+    skip = {exclude} if isinstance(exclude, Path) else set(exclude)
     found = {}
     for dirpath, dirnames, filenames in os.walk(root):
-        if exclude is not None and Path(dirpath) == exclude:
+        if Path(dirpath) in skip:
             dirnames.clear()
             continue
         for name in filenames:

@@ -3,7 +3,8 @@
 One table, one parametrised test, one case id per kind (``pytest tests/hardening -k corpus`` shows
 the count). Every case starts from a tiny BIDS dataset with two participants, ``sub-good`` and
 ``sub-bad``, spoils it in one way, and runs ``neurocast validate --deep`` and ``neurocast
-preprocess`` (and ``neurocast register`` where it says so) on it. Each case asserts:
+preprocess`` (and ``neurocast register`` where it says so), ``neurocast qa`` and ``neurocast run
+--steps preprocess,qa`` (with a tiny anomaly model) on it. Each case asserts:
 
 * the exit code documented in :data:`neurocast.errors.EXIT_CODES` / ``neurocast --help``;
 * a clear message that names the file (or label, or folder) and the problem;
@@ -17,7 +18,8 @@ The registration itself is replaced by a stand-in that still reads the scan with
 real registration on ``sub-bad``, and ``test_hardening_offline.py`` runs the real pipeline on a
 simulated brain mixed with broken scans. Checkpoint cases go through
 :func:`neurocast.backbone.load_backbone` and ``neurocast forecast --model`` (refused with exit code
-68 before any participant starts).
+68 before any participant starts), and the same spoiled checkpoints as anomaly models through
+``neurocast qa --model``.
 """
 
 from __future__ import annotations
@@ -307,6 +309,8 @@ class Case:
         message: regex every failing command must print (preprocess: in logs/failures.tsv).
         warning: regex ``validate`` must print as a warning.
         register: exit code of ``neurocast register --participant-label bad`` (None: not run).
+        qa: exit code of ``neurocast qa`` and of ``neurocast run --steps preprocess,qa`` (same
+            meaning as ``preprocess``; default: the same as ``preprocess``; None: not run).
         real: run the real registration on sub-bad (the stand-in on sub-good).
         checkpoint: a kind of :func:`make_bad_checkpoints` (loaded through the API instead).
         root_skip: skip when running as root, with this reason.
@@ -324,6 +328,11 @@ class Case:
     checkpoint: str | None = None
     root_skip: str | None = None
     absent: str | None = None
+    qa: int | None = -1
+
+    def __post_init__(self) -> None:
+        if self.qa == -1:  # screening refuses and accepts what preprocessing does
+            object.__setattr__(self, "qa", None if self.real else self.preprocess)
 
 
 def _bad_scan(id: str, spoil, message: str, **kw) -> Case:
@@ -423,6 +432,62 @@ def _check_message(case: Case, scene: Scene, text: str) -> None:
         assert os.fspath(scene.offending) in text, f"the message does not name {scene.offending}"
 
 
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory) -> Path:
+    """A calibrated tiny anomaly model on the stand-in registration's 4^3 grid."""
+    from hardening_helpers import fake_preprocess_result
+
+    from neurocast.anomaly import AnomalyDetector, Scan
+
+    grid = fake_preprocess_result().grid
+    rng = np.random.default_rng(0)
+    scans = [
+        Scan.from_arrays(1 + rng.normal(0, 0.01, grid.shape).astype(np.float32),
+                         np.ones(grid.shape, bool), grid=grid)
+        for _ in range(4)
+    ]  # fmt: skip
+    det = AnomalyDetector(channels=(8, 16), n_steps=2, batch_size=4, noise_levels=(0.2,),
+                          min_component_mm3=8, erosion_mm=0.0, median_size=1).fit(scans[:2]).calibrate(scans[2:])  # fmt: skip
+    return det.save(tmp_path_factory.mktemp("tiny-anomaly") / "model")
+
+
+def _beside(out: Path, command: str) -> Path:
+    """The output folder of another command: beside the case's (so an unwritable one stays so)."""
+    return out.with_name(f"{out.name}-{command}")
+
+
+def _run_qa(case: Case, scene: Scene, model: Path) -> None:
+    """``neurocast qa`` and ``neurocast run --steps preprocess,qa``: what preprocess does, and the
+    screening of the participants that can be read."""
+    for name, args in (
+        ("qa", ["qa", scene.root, _beside(scene.out, "qa"), "participant", "--model", model]),
+        ("run", ["run", scene.root, _beside(scene.out, "run"), "participant", "--steps",
+                 "preprocess,qa", "--anomaly-model", model, "--n-workers", "1"]),
+    ):  # fmt: skip
+        out = Path(args[2])
+        res = run_cli(*args, "-q", *scene.args)
+        assert res.exit_code == case.qa, f"{name}: {crash_text(res)}"
+        if case.qa in (OK, FAILED):
+            qa_json = list((out / "sub-good").rglob("*_desc-qa.json"))
+            assert qa_json, f"{name}: the good participant was not screened"
+            table = pd.read_csv(
+                out / "logs" / "failures.tsv", sep="\t", dtype=str, keep_default_na=False
+            )
+            if case.qa == FAILED:  # run lists sub-bad once per step (preprocess, qa)
+                assert set(table["participant_id"]) == {"sub-bad"}, table
+                for error in table["error"]:
+                    _check_message(case, scene, error)
+                assert not list((out / "sub-bad").rglob("*.nii*")), f"{name}: partial output"
+            else:
+                assert table.empty, table
+        else:
+            _check_message(case, scene, res.output)
+            assert not list(out.glob("sub-*")), (
+                f"{name}: work started although the input is refused"
+            )
+        assert_no_partial_output(out, scene.root)
+
+
 def _run_checkpoint_case(case: Case, tmp_path: Path) -> None:
     from neurocast.backbone import load_backbone, verify_checkpoint
 
@@ -445,14 +510,29 @@ def _run_checkpoint_case(case: Case, tmp_path: Path) -> None:
     assert not (tmp_path / UNPICKLED_MARKER).exists(), "something unpickled the payload"
 
 
+def _run_anomaly_checkpoint_case(case: Case, tmp_path: Path, model: Path) -> None:
+    """The same damage done to an anomaly model: ``neurocast qa --model`` refuses it (68)."""
+    bad = make_bad_checkpoints(tmp_path / "anomaly", good=model)[case.checkpoint]
+    bids = make_bids(tmp_path / "ds-qa", {"good": ["bl"]})
+    out = tmp_path / "out-qa"
+    res = run_cli("qa", bids, out, "participant", "--model", bad, "-q")
+    assert res.exit_code == CKPT, crash_text(res)
+    assert str(bad) in res.output.replace("\n", ""), res.output
+    assert not list(out.glob("sub-*")), "a participant started with a refused model"
+    assert not (tmp_path / "anomaly" / UNPICKLED_MARKER).exists(), "something unpickled the payload"
+
+
 @pytest.mark.parametrize(
     "case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.real else []) for c in CASES]
 )
-def test_bad_input_corpus(case: Case, tmp_path: Path, stand_in_registration: set[str]) -> None:
+def test_bad_input_corpus(
+    case: Case, tmp_path: Path, stand_in_registration: set[str], tiny_detector: Path
+) -> None:
     if case.root_skip and os.geteuid() == 0:
         pytest.skip(case.root_skip)
     if case.checkpoint:
         _run_checkpoint_case(case, tmp_path)
+        _run_anomaly_checkpoint_case(case, tmp_path, tiny_detector)
         return
     scene = Scene(
         tmp_path, make_bids(tmp_path / "ds", {"bad": ["bl"], "good": ["bl"]}), tmp_path / "out"
@@ -462,7 +542,8 @@ def test_bad_input_corpus(case: Case, tmp_path: Path, stand_in_registration: set
         case.spoil(scene)
     if case.real:
         stand_in_registration.add(os.fspath(scene.bad_scan))
-    before = snapshot(tmp_path, exclude=scene.out)
+    outputs = (scene.out, _beside(scene.out, "qa"), _beside(scene.out, "run"))
+    before = snapshot(tmp_path, exclude=outputs)
 
     if case.validate is not None:
         res = run_cli("validate", scene.root, "--deep", *scene.args)
@@ -508,8 +589,11 @@ def test_bad_input_corpus(case: Case, tmp_path: Path, stand_in_registration: set
         else:
             _check_message(case, scene, res.output)
 
+    if case.qa is not None:
+        _run_qa(case, scene, tiny_detector)
+
     assert_no_partial_output(scene.out, scene.root)
-    after = snapshot(tmp_path, exclude=scene.out)
+    after = snapshot(tmp_path, exclude=outputs)
     assert set(after) == set(before), (
         f"written outside the output folder: {set(after) ^ set(before)}"
     )

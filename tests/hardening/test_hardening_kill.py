@@ -33,7 +33,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root.mkdir()
     (root / "dataset_description.json").write_text('{"Name": "kill trial", "BIDSVersion": "1.9.0"}')
     ids = [f"sub-{i:02d}" for i in range(1, N_SUBJECTS + 1)]
-    pd.DataFrame({"participant_id": ids, "age": 70, "sex": "F"}).to_csv(root / "participants.tsv", sep="\t", index=False)
+    pd.DataFrame({"participant_id": ids, "age": 70, "sex": "F"}).to_csv(
+        root / "participants.tsv", sep="\t", index=False
+    )
     rng = np.random.default_rng(0)
     for sub in ids:
         anat = root / sub / "anat"
@@ -52,7 +54,9 @@ def _env() -> dict[str, str]:
 
 
 def _run(bids: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(bids, out), capture_output=True, text=True, env=_env(), timeout=600)
+    return subprocess.run(
+        _command(bids, out), capture_output=True, text=True, env=_env(), timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +82,9 @@ def test_kill_then_resume_gives_the_uninterrupted_outputs(dataset: Path, referen
     proc = subprocess.Popen(_command(dataset, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=_env(), start_new_session=True)  # fmt: skip
     t0 = time.perf_counter()
-    while proc.poll() is None and len(list(out.glob("sub-*/**/*_desc-preproc_qc.json"))) < after_done:
+    while (
+        proc.poll() is None and len(list(out.glob("sub-*/**/*_desc-preproc_qc.json"))) < after_done
+    ):
         time.sleep(0.02)
     time.sleep(extra if after_done else 1.0 + extra)
     delay = time.perf_counter() - t0
@@ -98,4 +104,6 @@ def test_kill_then_resume_gives_the_uninterrupted_outputs(dataset: Path, referen
     # what a finished participant wrote before the kill is kept, not recomputed
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
     assert killed_mid_run, "the run finished before the kill: not a trial"
-    print(f"seed {seed}: killed after {delay:.1f} s ({after_done} participants asked) with {len(finished)} finished file(s)")
+    print(
+        f"seed {seed}: killed after {delay:.1f} s ({after_done} participants asked) with {len(finished)} finished file(s)"
+    )

@@ -149,7 +149,9 @@ def test_commands_run_with_the_network_blocked(offline_run: dict) -> None:
         assert res.exit_code == expected, f"{name}: {crash_text(res)}"
     assert offline_run["attempts"] == [], "network access attempted"
     demo = offline_run["paths"].tmp / "demo" / "derivatives"
-    assert (demo / "index.html").is_file() and list(demo.glob("sub-*/ses-*/anat/*_desc-forecast_T1w.nii.gz"))
+    assert (demo / "index.html").is_file() and list(
+        demo.glob("sub-*/ses-*/anat/*_desc-forecast_T1w.nii.gz")
+    )
 
 
 @pytest.mark.slow
@@ -170,7 +172,9 @@ def test_good_participant_finishes_beside_broken_ones(offline_run: dict) -> None
                and "uncertainty" not in f.name]  # fmt: skip
     assert len(preproc) == 4  # image and mask, template and native space
     forecasts = {f.name.split("desc-")[1] for f in anat.glob("*desc-*")}
-    assert {"forecast_T1w.nii.gz", "forecast_volumes.tsv", "jacobian_map.nii.gz"} <= forecasts, forecasts
+    assert {"forecast_T1w.nii.gz", "forecast_volumes.tsv", "jacobian_map.nii.gz"} <= forecasts, (
+        forecasts
+    )
     assert len(list(anat.glob("*_xfm.mat"))) == 2
 
 

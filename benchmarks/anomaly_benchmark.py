@@ -214,6 +214,26 @@ def prepare_all(work: Path, jobs: dict[str, tuple[Any, str]], grid_mm: float, se
     return {k: load_scan(work / "scans" / f"{k}.npz") for k in jobs if (work / "scans" / f"{k}.npz").is_file()}
 
 
+def _portable_card(det: Any, work: Path) -> None:
+    """Name the training and calibration scans relative to ``work`` (or the shared data folder)
+    in the model card, not by this machine's absolute paths."""
+
+    def rel(path: str) -> str:
+        for base, tag in ((work, "benchmark"), (DATA, "shared/data/real")):
+            try:
+                return f"{tag}/{Path(path).resolve().relative_to(base.resolve())}"
+            except ValueError:
+                continue
+        return path
+
+    summary = det.training_.get("data_summary", {})
+    if "sources" in summary:
+        summary["sources"] = [rel(s) for s in summary["sources"]]
+    refs = det.calibration_.extra.get("references")
+    if refs:
+        det.calibration_.extra["references"] = [rel(s) for s in refs]
+
+
 # ------------------------------------------------------------------------------------------------
 # metrics
 
@@ -389,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         det.save(model_dir)
         log(f"trained {steps} steps in {train_seconds:.0f} s; loss {det.history_[-1]['loss']:.4f}")
     det.calibrate(calib_scans, fpr=args.fpr)
+    _portable_card(det, work)
     det.save(model_dir)  # with its calibration: usable by `neurocast qa --model`
     cal = det.calibration_
     log(f"calibrated on {len(calib_scans)} scans: lesion > {cal.lesion_threshold:.3g}, "

@@ -93,7 +93,7 @@ def _fast_preprocessing(monkeypatch) -> None:
 def test_train_then_screen_a_simulated_dataset(datasets, tmp_path) -> None:
     model = tmp_path / "model"
     run = CliRunner().invoke(cli, [
-        "train", "anomaly", str(datasets["train"]), str(model), "--steps", "3",
+        "train", "anomaly", str(datasets["train"]), str(model), "--steps", "50", "--max-minutes", "1e-6",
         "--channels", "8,16", "--noise-levels", "0.3", "--inference-steps", "1",
         "--grid-spacing-mm", "4", "--batch-size", "8", "--seed", "1", "-q",
     ])  # fmt: skip
@@ -102,6 +102,9 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path) -> None:
     card = json.loads((model / "model_card.json").read_text())
     assert card["extra"]["anomaly"]["calibration"]["n_references"] == 2
     assert card["extra"]["anomaly"]["grid_spacing_mm"] == [4.0, 4.0, 4.0]
+    # the time budget stopped training after its first step, and the card says so
+    assert card["extra"]["anomaly"]["params"]["n_steps"] == 1
+    assert card["extra"]["anomaly"]["training"]["steps"] == 1
 
     out = tmp_path / "qa"
     args = ["qa", str(datasets["screen"]), str(out), "participant", "--model", str(model), "-q"]

@@ -486,6 +486,7 @@ def train_detector(
     skull_stripped: bool | None = None,
     work_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    max_seconds: float | None = None,
     **detector_kwargs: Any,
 ) -> AnomalyDetector:
     """Train a detector on a dataset's healthy scans, calibrate it on held-out ones, save it.
@@ -506,6 +507,7 @@ def train_detector(
         skull_stripped: say whether inputs are skull-stripped (``None``: detected).
         work_dir: parent folder of temporary files.
         progress: show progress.
+        max_seconds: wall-clock budget of the training (see :meth:`AnomalyDetector.fit`).
         detector_kwargs: :class:`AnomalyDetector` settings (``n_steps``, ``channels``...).
 
     Returns:
@@ -570,7 +572,9 @@ def train_detector(
             "calibration_participants": [f"sub-{x}" for x in cal_labels],
             "healthy_from": "simulation truth" if healthy is not None else "all scans",
         },
+        max_seconds=max_seconds,
     )
+    det.n_steps = int(det.training_["steps"])  # the card says what was done
     det.calibrate(cal_scans)
     det.save(model_dir)
     return det

@@ -110,6 +110,8 @@ def qa(
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--participant-label", multiple=True, help="Participants to use (default: all).")
 @click.option("--steps", type=click.IntRange(1), default=2000, show_default=True, help="Training steps.")
+@click.option("--max-minutes", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop training after this long even if --steps are not done.")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Slices per step.")
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="AdamW learning rate.")
 @click.option(
@@ -141,6 +143,7 @@ def train_anomaly(
     model_dir: Path,
     participant_label: tuple[str, ...],
     steps: int,
+    max_minutes: float | None,
     batch_size: int,
     lr: float,
     channels: tuple[int, ...],
@@ -171,6 +174,7 @@ def train_anomaly(
         grid_spacing_mm=grid_spacing_mm, seed=seed, skull_stripped=skull_stripped,
         work_dir=work_dir, progress=not quiet, n_steps=steps, batch_size=batch_size, lr=lr,
         channels=channels, noise_levels=noise_levels, num_inference_steps=inference_steps, fpr=fpr,
+        max_seconds=max_minutes * 60 if max_minutes else None,
     )  # fmt: skip
     cal = det.calibration_
     assert cal is not None

@@ -78,6 +78,22 @@ def test_save_and_load_round_trip(tiny_detector, make_scan, tmp_path) -> None:
     assert det.model_card_sha256_ == tiny_detector.model_card_sha256_
 
 
+def test_bfloat16_reconstruction_is_close_to_float32(tiny_detector, make_scan) -> None:
+    assert tiny_detector.inference_dtype == "bfloat16"  # the default
+    scan = make_scan(15, blob=True)
+    rec16, _ = tiny_detector.reconstruct(scan)
+    tiny_detector.inference_dtype = "float32"
+    try:
+        rec32, _ = tiny_detector.reconstruct(scan)
+    finally:
+        tiny_detector.inference_dtype = "bfloat16"
+    assert rec16.dtype == rec32.dtype == np.float32
+    assert not np.array_equal(rec16, rec32)  # bfloat16 did run
+    assert np.abs(rec16 - rec32).mean() < 0.01 * np.abs(rec32).mean() + 1e-3
+    with pytest.raises(ValueError, match="inference_dtype"):
+        AnomalyDetector(inference_dtype="float16")
+
+
 def test_load_refuses_a_plain_backbone(tmp_path) -> None:
     from neurocast.backbone import BackboneConfig, build_backbone, save_checkpoint
 

@@ -24,6 +24,7 @@ Example (an untrained tiny 2-D model, so the output is meaningless but shaped ri
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -216,8 +217,12 @@ def _denoise(
     desc: str,
     keep_x0: bool,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None,
+    autocast: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run DDIM from ``x`` (at ``timesteps[0]``) to a clean sample; all tensors on one device."""
+    """Run DDIM from ``x`` (at ``timesteps[0]``) to a clean sample; all tensors on one device.
+
+    The network runs under :func:`_autocast` in ``autocast``; the DDIM updates stay in float32.
+    """
     cfg = model.config
     n = x.shape[0]
     guided = guidance_scale != 1.0
@@ -234,18 +239,19 @@ def _denoise(
             cb = condition[sl] if condition is not None else None
             vb = values[sl] if values is not None else None
             tt = torch.full((xb.shape[0],), int(t), device=x.device, dtype=torch.long)
-            if guided:
-                assert null is not None
-                both = model(
-                    torch.cat([xb, xb]),
-                    torch.cat([tt, tt]),
-                    condition=None if cb is None else torch.cat([cb, cb]),
-                    covariates=torch.cat([vb, null[sl]]),
-                )
-                cond_out, uncond_out = both.chunk(2)
-                outs.append(uncond_out + guidance_scale * (cond_out - uncond_out))
-            else:
-                outs.append(model(xb, tt, condition=cb, covariates=vb))
+            with _autocast(x.device, autocast):
+                if guided:
+                    assert null is not None
+                    both = model(
+                        torch.cat([xb, xb]),
+                        torch.cat([tt, tt]),
+                        condition=None if cb is None else torch.cat([cb, cb]),
+                        covariates=torch.cat([vb, null[sl]]),
+                    ).float()
+                    cond_out, uncond_out = both.chunk(2)
+                    outs.append(uncond_out + guidance_scale * (cond_out - uncond_out))
+                else:
+                    outs.append(model(xb, tt, condition=cb, covariates=vb).float())
         out = torch.cat(outs).float()
         x, x0 = scheduler.step(out, int(t), x, eta=eta, generator=generator)
         if keep_x0:
@@ -261,10 +267,17 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def _maybe_channels_last(model: DiffusionBackbone, enabled: bool | None, dev: torch.device) -> None:
     if enabled is None:
-        enabled = model.config.spatial_dims == 3 and dev.type == "cpu"
+        enabled = dev.type == "cpu"
         if not enabled:
             return
     model.use_channels_last(enabled)
+
+
+def _autocast(dev: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in ``dtype`` on the model's device, or nothing for ``None``/float32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=dtype)
 
 
 def _prepare_condition(
@@ -296,6 +309,7 @@ def sample(
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     channels_last: bool | None = None,
     noise: torch.Tensor | None = None,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor | SampleResult:
     """Generate samples with DDIM (pass the EMA model).
 
@@ -318,9 +332,12 @@ def sample(
         return_intermediates: return a :class:`SampleResult` with the predicted clean samples of
             every step.
         callback: called after each step as ``callback(t, x_t, x0_pred)`` (normalised units).
-        channels_last: switch the model to the channels-last layout (faster 3-D convolutions on
-            CPU; see :meth:`DiffusionBackbone.use_channels_last`). Default: on for 3-D models on
+        channels_last: switch the model to the channels-last layout (faster convolutions on
+            CPU; see :meth:`DiffusionBackbone.use_channels_last`). Default: on for models on
             CPU, otherwise left as is.
+        autocast: run the network under ``torch.autocast`` in this dtype (e.g. ``torch.bfloat16``:
+            about 3x faster on CPUs with AMX / AVX512-BF16, in the last bits less exact); the
+            DDIM updates stay float32. Default ``None``: float32 throughout.
         noise: the initial noise ``x_T`` (normalised units), shape ``(B * num_samples, C, *spatial)``
             in the order of the result; default: drawn from the generator. With ``eta=0`` sampling
             is deterministic given it (e.g. the same noise for several horizons of one subject).
@@ -391,6 +408,7 @@ def sample(
         desc="sampling",
         keep_x0=return_intermediates,
         callback=callback,
+        autocast=autocast,
     )
     out = x * cfg.target_scale
 
@@ -438,6 +456,7 @@ def reconstruct(
     progress: bool = False,
     return_intermediates: bool = False,
     channels_last: bool | None = None,
+    autocast: torch.dtype | None = None,
 ) -> torch.Tensor | SampleResult:
     """Partially noise ``x`` to ``t0 = noise_level * T`` and denoise it back with DDIM.
 
@@ -500,6 +519,7 @@ def reconstruct(
         desc="reconstructing",
         keep_x0=return_intermediates,
         callback=None,
+        autocast=autocast,
     )
     out = out * cfg.target_scale
     if squeeze:

@@ -107,19 +107,23 @@ class DiffusionBackbone(nn.Module):
         return self.covariate_encoder is not None
 
     def use_channels_last(self, enabled: bool = True) -> DiffusionBackbone:
-        """Switch a 3-D network to (or from) the channels-last memory format.
+        """Switch the network to (or from) the channels-last memory format.
 
-        oneDNN's 3-D convolutions on CPU run about 30 % faster on channels-last tensors (measured in
-        ``benchmarks/backbone.md``). Values are unchanged; results may differ from the default
-        layout in the last bits. :func:`~neurocast.backbone.diffusion.sample` turns it on for 3-D
-        models on CPU. Returns ``self``.
+        oneDNN's convolutions on CPU run faster on channels-last tensors (3-D: about 30 %, measured
+        in ``benchmarks/backbone.md``; 2-D: about 40 % for the anomaly detector's slices).
+        Values are unchanged; results may differ from the default layout in the last bits.
+        :func:`~neurocast.backbone.diffusion.sample` and
+        :func:`~neurocast.backbone.diffusion.reconstruct` turn it on for models on CPU.
+        Returns ``self``.
         """
-        if self.config.spatial_dims != 3:
-            return self
-        fmt = torch.channels_last_3d if enabled else torch.contiguous_format
-        self.to(memory_format=fmt)
+        self.to(memory_format=self._memory_format(enabled))
         self._channels_last = bool(enabled)
         return self
+
+    def _memory_format(self, channels_last: bool) -> torch.memory_format:
+        if not channels_last:
+            return torch.contiguous_format
+        return torch.channels_last_3d if self.config.spatial_dims == 3 else torch.channels_last
 
     def num_parameters(self) -> int:
         """Number of trainable parameters."""
@@ -202,7 +206,7 @@ class DiffusionBackbone(nn.Module):
             timesteps = timesteps.expand(b)
         h = self._pad(h)
         if self._channels_last:
-            h = h.contiguous(memory_format=torch.channels_last_3d)
+            h = h.contiguous(memory_format=self._memory_format(True))
 
         context = class_labels = None
         values = self.encode_covariates(covariates, b)

@@ -543,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             scan = real[name].with_prior(real[prior]) if prior else real[name]
             r = det.score(scan)
-            tag = f"real_{name}" + (f"_prior-{prior}" if prior else "")
+            key = f"real_{name}" + (f"_prior-{prior}" if prior else "")
             mimg = real_tumour_image(name.replace("Scan_T1", "Mask"), tuple(args.tumour_voxel_mm))
             truth = np.asarray(mimg.dataobj) > 0
             nmask = resample(r.mask.astype(np.float32), scan.grid.affine, scan.native_shape,
@@ -560,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
                 big = resample((lab_id == cid).astype(np.float32), scan.grid.affine, scan.native_shape,
                                scan.native_affine, scan.native_to_template, order=1) > 0.5  # fmt: skip
                 overlap = bool((big & truth).any())
-            res[tag] = {"flag": r.flag, "lesion_percentile": r.lesion_percentile,
+            res[key] = {"flag": r.flag, "lesion_percentile": r.lesion_percentile,
                         "dice_native": dice(nmask, truth), "largest_cluster_overlaps": overlap,
                         "truth_ml": float(truth.sum() * abs(np.linalg.det(mimg.affine[:3, :3])) / 1000)}  # fmt: skip
             _ = native_map  # the workflow writes it; here the mask is enough

@@ -72,7 +72,7 @@ def test_artefact_score_rises_with_diffuse_residual_and_background_energy() -> N
 
     def feats(level: float, fber: float, qi1: float) -> dict:
         amap = np.abs(rng.normal(level, 0.005, region.shape))
-        iq = IQMResult({"efc": 0.5, "fber": fber, "qi1": qi1, "cjv": 0.6, "snr_total": 12.0})
+        iq = IQMResult({"efc": 0.5, "fber": fber, "qi1": qi1, "cjv": 0.6, "cnr": 3.0, "snrd_total": 30.0})
         return artefact_features(amap, region, iq)
 
     refs = [feats(0.05 + 0.002 * i, 3000 + 50 * i, 0.001 * (i % 3)) for i in range(12)]

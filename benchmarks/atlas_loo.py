@@ -32,7 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -46,12 +45,7 @@ from neurocast.registration.build_atlas import (
 )
 from neurocast.registration.template import working_grid
 from neurocast.registration.threads import set_threads
-from neurocast.registration.volumes import (
-    native_regional_volumes,
-    refine_ventricles,
-    regional_volumes,
-    ventricle_labels,
-)
+from neurocast.registration.volumes import native_regional_volumes, regional_volumes
 
 TARGET_REGIONS = ("Left-Hippocampus", "Right-Hippocampus", "Left-Lateral-Ventricle", "Right-Lateral-Ventricle")
 TARGET_PERCENT = 15.0
@@ -101,13 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             result = preprocess_t1w(t1, seed=args.seed, work_dir=tmp, on_fail="report")
             t_pre = time.perf_counter() - t0
             t0 = time.perf_counter()
-            raw_table, raw_labels = native_regional_volumes(result, atlas, seed=args.seed, work_dir=tmp,
-                                                            return_labels=True, refine=False)
-            refined = refine_ventricles(np.asarray(raw_labels.dataobj), np.asarray(result.native.dataobj),
-                                        np.asarray(result.native_brain_mask.dataobj) > 0, ventricle_labels(atlas))
-            est = regional_volumes(nib.Nifti1Image(refined, raw_labels.affine), atlas.regions)
+            est = native_regional_volumes(result, atlas, seed=args.seed, work_dir=tmp)
             t_nat = time.perf_counter() - t0
-            variants = {"product": est, "no_ventricle_refinement": raw_table}
+            variants = {"product": est}
             if args.oracle_mask:
                 own_mask = own.__class__((np.asarray(own.dataobj) > 0).astype(np.uint8), own.affine)
                 variants["oracle_mask"] = native_regional_volumes(_Scan(result, own_mask), atlas, seed=args.seed, work_dir=tmp)
@@ -148,8 +138,7 @@ def write_report(df: pd.DataFrame, timing: pd.DataFrame, qc: pd.DataFrame, subje
         "soft majority vote on the 2 mm working grid), the held-out whole-head T1w goes through "
         "`preprocess_t1w` (its own brain mask and affine) and `native_regional_volumes` (affine + SyN of "
         "the skull-stripped scan to the template, atlas pulled to the native grid with `genericLabel`, "
-        "labels outside the brain mask dropped, ventricle boundaries moved to the scan's CSF edge by "
-        "`refine_ventricles`), and each region's volume is compared with the volume in "
+        "labels outside the brain mask dropped), and each region's volume is compared with the volume in "
         "the subject's own DLMUSE label map. Error = (estimate - reference) / reference.",
         "",
         f"Target: mean absolute error of hippocampus and lateral ventricle volumes <= {TARGET_PERCENT:.0f} %.",
@@ -164,8 +153,7 @@ def write_report(df: pd.DataFrame, timing: pd.DataFrame, qc: pd.DataFrame, subje
             mean_abs_error_percent=("error_percent", lambda e: e.abs().mean()),
             max_abs_error_percent=("error_percent", lambda e: e.abs().max()),
         )
-        title = {"product": "Product path (preprocess_t1w brain mask, ventricles refined to the scan's CSF edge)",
-                 "no_ventricle_refinement": "Without the ventricle refinement (the atlas's ventricles as warped)",
+        title = {"product": "Product path (preprocess_t1w brain mask)",
                  "oracle_mask": "With the subject's own label mask as brain mask (isolates registration error)"}[variant]
         lines += [f"## {title}", "", "### Mean over held-out subjects", ""]
         lines += _md(summary.reset_index(), floatfmt=1)

@@ -17,10 +17,8 @@ from neurocast.registration.transforms import resample
 from neurocast.registration.volumes import (
     atlas_to_native,
     change_table,
-    refine_ventricles,
     regional_volume_change,
     regional_volumes,
-    ventricle_labels,
     volumes_table,
     write_volumes_tsv,
 )
@@ -152,51 +150,3 @@ def test_atlas_to_native_recovers_a_shifted_template(tmp_path):
     dice = 2 * np.sum((a == 60) & (b == 60)) / (np.sum(a == 60) + np.sum(b == 60))
     assert dice > 0.7
     assert not a[~mask].any()  # restricted to the brain mask
-
-
-def _ventricle_scene(csf: slice, atlas: slice):
-    """White matter (1.0) with a dark CSF cube at ``csf`` and the atlas's ventricle (51) at
-    ``atlas``; caudate (36) fills a slab beside it; a dark sulcus far away."""
-    img = np.ones((30, 30, 30), np.float32)
-    img[csf, csf, csf] = 0.15
-    img[0:3, :, :] = 0.15  # a sulcus, far from the ventricle
-    lab = np.full(img.shape, 2, np.int16)
-    lab[20:24, :, :] = 36
-    lab[atlas, atlas, atlas] = 51
-    return img, lab
-
-
-def test_refine_ventricles_grows_and_shrinks_to_the_csf_edge():
-    mask = np.ones((30, 30, 30), bool)
-    img, lab = _ventricle_scene(slice(10, 18), slice(12, 16))  # atlas ventricle too small
-    out = refine_ventricles(lab, img, mask, [51], min_core_voxels=1)
-    assert (out == 51).sum() == 8**3  # grown to the dark cube, no further
-    assert not (out[0:3] == 51).any()  # never into the distant sulcus
-    img, lab = _ventricle_scene(slice(12, 16), slice(10, 18))  # atlas ventricle too big
-    out = refine_ventricles(lab, img, mask, [51], min_core_voxels=1)
-    assert (out == 51).sum() == 4**3
-    left = (lab == 51) & (out != 51)
-    assert set(np.unique(out[left])) == {2}  # given back to the nearest other tissue
-    assert np.array_equal(out[lab != 51], lab[lab != 51])  # only the ventricle's voxels moved
-
-
-def test_refine_ventricles_moves_at_most_grow_voxels_and_needs_dark_csf():
-    mask = np.ones((30, 30, 30), bool)
-    img, lab = _ventricle_scene(slice(9, 21), slice(13, 17))  # CSF much larger than the atlas
-    out = refine_ventricles(lab, img, mask, [51], grow_voxels=2, min_core_voxels=1)
-    assert (out == 51).sum() == 8**3  # 4 + 2 voxels on each side
-    bright = np.ones_like(img)  # no dark CSF at all: nothing to go by, nothing changes
-    assert np.array_equal(refine_ventricles(lab, bright, mask, [51], min_core_voxels=1), lab)
-    # too few ventricle voxels to measure the CSF intensity: unchanged
-    assert np.array_equal(refine_ventricles(lab, img, mask, [51], min_core_voxels=10**4), lab)
-    # never outside the brain mask
-    small = mask.copy()
-    small[:, :, 16:] = False
-    out = refine_ventricles(lab, img, small, [51], min_core_voxels=1)
-    assert not ((out == 51) & ~small & (lab != 51)).any()
-
-
-def test_ventricle_labels_of_the_default_atlas():
-    labels = ventricle_labels(load_atlas(working_grid(4.0)))
-    assert {4, 11, 51, 52} <= set(labels)
-    assert 1003 not in labels and 47 not in labels  # composites and non-ventricles are not

@@ -8,8 +8,7 @@
   CC, seeded) of the skull-stripped native scan to the template, and the atlas labels are pulled
   through the inverse of that transform in one resampling (``genericLabel``: label-wise linear
   interpolation and arg-max, or ``nearestNeighbor``). Labels outside the scan's brain mask are
-  dropped (``restrict_to_mask=True``), so the regions cannot grow into skull or background, and
-  the ventricles' boundaries are moved to the CSF edge the scan shows (:func:`refine_ventricles`).
+  dropped (``restrict_to_mask=True``), so the regions cannot grow into skull or background.
 * :func:`regional_volume_change`: from a volume-change map on the baseline grid (the Jacobian
   determinant of the follow-up -> baseline map, see
   :func:`neurocast.registration.deformation.volume_change_map`), the ratio of a region's follow-up
@@ -64,120 +63,6 @@ class NativeScan(Protocol):
     native: nib.Nifti1Image
     native_brain_mask: nib.Nifti1Image
     native_to_template: np.ndarray
-
-
-VENTRICLE_WORDS = ("Ventricle", "Vent")
-"""A region whose name holds one of these words is a ventricle (CSF-filled, see
-:func:`refine_ventricles`)."""
-
-
-def ventricle_labels(regions: pd.DataFrame | Atlas) -> tuple[int, ...]:
-    """The single labels of the ventricles in a region table (by name, see :data:`VENTRICLE_WORDS`)."""
-    table = regions.regions if isinstance(regions, Atlas) else regions
-    out = []
-    for row in table.itertuples():
-        labels = parse_labels(row.source_labels) if "source_labels" in table.columns else (int(row.index),)
-        if len(labels) == 1 and any(w in str(row.name) for w in VENTRICLE_WORDS):
-            out.append(int(labels[0]))
-    return tuple(sorted(out))
-
-
-def _two_class_threshold(values: np.ndarray, max_dark_mean: float = 0.6) -> float | None:
-    """ISODATA threshold between a dark (CSF) and a bright class; ``None`` without CSF contrast."""
-    vals = np.asarray(values, dtype=np.float64)
-    if vals.size < 2:
-        return None
-    t = float(np.percentile(vals, 10) + np.percentile(vals, 90)) / 2
-    for _ in range(100):
-        lo, hi = vals[vals < t], vals[vals >= t]
-        if not lo.size or not hi.size:
-            return None
-        new = float(lo.mean() + hi.mean()) / 2
-        if abs(new - t) < 1e-6:
-            break
-        t = new
-    return t if lo.mean() <= max_dark_mean else None
-
-
-def refine_ventricles(
-    labels: np.ndarray,
-    image: np.ndarray,
-    mask: np.ndarray,
-    ventricles: tuple[int, ...] | list[int],
-    *,
-    grow_voxels: int = 2,
-    min_core_voxels: int = 20,
-) -> np.ndarray:
-    """Move the ventricle boundaries of warped atlas labels to the CSF edge seen in the image.
-
-    A registered atlas puts each ventricle roughly in place, but its size follows the atlas
-    subjects, and ventricle size varies more between people than any other structure. The scan
-    itself shows the ventricles as dark CSF (T1w). Around the warped ventricles the intensities
-    fall into two classes, CSF and the brighter tissue beside it; the threshold between them is
-    the midpoint of the two class means (Ridler-Calvard / ISODATA: the partial-volume midpoint).
-    Within ``grow_voxels`` of the warped ventricles (and inside ``mask``), a voxel darker than the
-    threshold and connected to the ventricles' dark core belongs to a ventricle, and a brighter
-    one does not. Voxels that join take the label of the nearest ventricle voxel; voxels that
-    leave take the label of the nearest non-ventricle voxel. Nothing farther than ``grow_voxels``
-    from the warped ventricles changes, so a ventricle cannot spill into the sulci. Where the dark
-    class is not CSF-dark (mean above 0.6 of the white-matter peak, which neurocast's
-    normalisation sets to 1), the labels are left as they are.
-
-    Args:
-        labels: ``(X, Y, Z)`` integer label map on the image's grid.
-        image: ``(X, Y, Z)`` intensity-normalised T1w (white-matter peak 1).
-        mask: ``(X, Y, Z)`` brain mask.
-        ventricles: the ventricle labels (e.g. :func:`ventricle_labels`).
-        grow_voxels: how far (voxels, chessboard distance) the boundary may move outwards.
-        min_core_voxels: leave the labels unchanged when the eroded ventricles are smaller than
-            this.
-
-    Returns:
-        The refined label map (same dtype); the input when there is nothing to refine.
-
-    Example:
-        >>> import numpy as np
-        >>> img = np.ones((20, 20, 20), np.float32); img[6:14, 6:14, 6:14] = 0.2   # CSF cube
-        >>> lab = np.full(img.shape, 2, np.int16); lab[8:12, 8:12, 8:12] = 51       # atlas too small
-        >>> out = refine_ventricles(lab, img, np.ones(img.shape, bool), [51], min_core_voxels=1)
-        >>> int((lab == 51).sum()), int((out == 51).sum())
-        (64, 512)
-    """
-    import scipy.ndimage as ndi
-
-    lab = np.asarray(labels)
-    img = np.asarray(image, dtype=np.float32)
-    brain = np.asarray(mask, dtype=bool)
-    vent = np.isin(lab, np.asarray(list(ventricles), dtype=lab.dtype)) & brain
-    core = ndi.binary_erosion(vent)
-    if core.sum() < min_core_voxels:
-        return lab
-    cube = ndi.generate_binary_structure(3, 3)
-    zone = ndi.binary_dilation(vent, cube, int(grow_voxels)) & brain
-    around = ndi.binary_dilation(vent, cube, int(grow_voxels) + 3) & brain
-    threshold = _two_class_threshold(img[around])
-    if threshold is None:
-        return lab  # no dark CSF beside brighter tissue: nothing to go by
-    dark = img < threshold
-    new_vent = (vent & dark) | (zone & dark & ~vent)
-    # keep only the parts connected to a darker-than-threshold ventricle core
-    comp, n = ndi.label(new_vent)
-    if n:
-        keep = np.zeros(n + 1, bool)
-        keep[np.unique(comp[core & new_vent])] = True
-        keep[0] = False
-        new_vent = keep[comp]
-    out = lab.copy()
-    joined = new_vent & ~vent
-    if joined.any():  # nearest ventricle voxel's label
-        _, idx = ndi.distance_transform_edt(~vent, return_indices=True)
-        out[joined] = lab[tuple(i[joined] for i in idx)]
-    left = vent & ~new_vent
-    other = (lab != 0) & ~vent
-    if left.any() and other.any():  # nearest non-ventricle tissue label
-        _, idx = ndi.distance_transform_edt(~other, return_indices=True)
-        out[left] = lab[tuple(i[left] for i in idx)]
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,7 +165,6 @@ def atlas_to_native(
     interpolation: Interpolation = "genericLabel",
     restrict_to_mask: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
-    refine: bool = True,
 ) -> nib.Nifti1Image:
     """The atlas labels on the native grid of a preprocessed scan.
 
@@ -299,8 +183,6 @@ def atlas_to_native(
         interpolation: ``"genericLabel"`` (default) or ``"nearestNeighbor"``.
         restrict_to_mask: set labels outside the native brain mask to 0.
         work_dir: parent of the temporary ANTs folder (always removed).
-        refine: move the ventricles' boundaries to the CSF edge of the scan
-            (:func:`refine_ventricles`; ventricles by name, :func:`ventricle_labels`).
 
     Returns:
         An int16 label image on the native grid (RAS+ as ``result.native``).
@@ -339,8 +221,6 @@ def atlas_to_native(
         shutil.rmtree(tmp, ignore_errors=True)
     if restrict_to_mask:
         out[~mask] = 0
-    if refine:
-        out = refine_ventricles(out, np.asarray(native.dataobj, np.float32), mask, ventricle_labels(atlas))
     img = nib.Nifti1Image(out, native.affine)
     img.set_qform(native.affine, code=1)
     img.set_sform(native.affine, code=1)
@@ -357,7 +237,6 @@ def native_regional_volumes(
     restrict_to_mask: bool = True,
     work_dir: str | os.PathLike[str] | None = None,
     return_labels: bool = False,
-    refine: bool = True,
 ) -> pd.DataFrame | tuple[pd.DataFrame, nib.Nifti1Image]:
     """Regional volumes (mm³) of a preprocessed scan, measured in its native space.
 
@@ -370,7 +249,7 @@ def native_regional_volumes(
     """
     atlas = load_atlas() if atlas is None else atlas
     labels = atlas_to_native(result, atlas, seed=seed, params=params, interpolation=interpolation,
-                             restrict_to_mask=restrict_to_mask, work_dir=work_dir, refine=refine)
+                             restrict_to_mask=restrict_to_mask, work_dir=work_dir)
     table = regional_volumes(labels, atlas.regions)
     return (table, labels) if return_labels else table
 

@@ -9,7 +9,8 @@ part. Run it on an idle machine::
     python benchmarks/anomaly_speed.py --model src/neurocast/weights/anomaly-demo \\
         --scans /tmp/neurocast-anomaly-benchmark/full/cohorts/test --n 6 --threads 2
 
-``--scans`` is a folder searched for ``*_T1w.nii.gz`` (sorted; the first is the warm-up).
+``--scans`` is a folder searched for ``*_T1w.nii.gz`` outside ``derivatives`` (sorted; the first
+is the warm-up).
 ``--noise-levels`` overrides the model's, to see what fewer network passes would save.
 """
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=6, help="timed scans (after one warm-up scan)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--noise-levels", type=float, nargs="+", default=None)
+    ap.add_argument("--inference-dtype", default=None, choices=("bfloat16", "float32"),
+                    help="override the model's (the float32 run is the baseline of the speed-up)")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
 
@@ -47,29 +50,35 @@ def main(argv: list[str] | None = None) -> int:
     det = AnomalyDetector.load(args.model)
     if args.noise_levels:
         det.noise_levels = tuple(args.noise_levels)
-    paths = sorted(args.scans.rglob("*_T1w.nii.gz"))[: args.n + 1]
+    if args.inference_dtype:
+        det.inference_dtype = args.inference_dtype
+    paths = sorted(p for p in args.scans.rglob("*_T1w.nii.gz") if "derivatives" not in p.parts)
+    paths = paths[: args.n + 1]
     if len(paths) < 2:
         raise SystemExit(f"{args.scans}: need at least two *_T1w.nii.gz files")
     rows = []
-    prior = None
+    prior, prior_subject = None, None
     for i, path in enumerate(paths):
+        subject = path.name.split("_")[0]
+        if subject != prior_subject:
+            prior = None  # a prior is the same participant's earlier scan
         t0 = time.perf_counter()
         scan = prepare_scan(path, grid=det.grid_, on_fail="report")
         t1 = time.perf_counter()
         result = det.score(scan.with_prior(prior) if prior is not None else scan)
         t2 = time.perf_counter()
-        prior = scan
+        prior, prior_subject = scan, subject
         if i == 0:
             continue  # warm-up: imports, template loading, first allocations
         rows.append({"scan": path.name, "prepare_s": t1 - t0, "score_s": t2 - t1,
-                     "total_s": t2 - t0, "flag": result.flag})  # fmt: skip
+                     "total_s": t2 - t0, "flag": result.flag, "prior": result.used_prior})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     med = {k: statistics.median(r[k] for r in rows) for k in ("prepare_s", "score_s", "total_s")}
     res = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "threads": args.threads, "n_scans": len(rows), "noise_levels": list(det.noise_levels),
-        "channels": list(det.channels), **{f"median_{k}": round(v, 2) for k, v in med.items()},
+        "channels": list(det.channels), "inference_dtype": det.inference_dtype, **{f"median_{k}": round(v, 2) for k, v in med.items()},
         "scans_per_hour": round(3600 / med["total_s"]), "load_average": os.getloadavg(),
     }  # fmt: skip
     print(json.dumps(res, indent=2))

@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this trained model's weights (fine-tuning, same sizes)")
     args = ap.parse_args(argv)
 
     import torch
@@ -107,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
     )  # fmt: skip
     t0 = time.perf_counter()
+    init = AnomalyDetector.load(args.init) if args.init else None
     det.fit(
         scans,
+        init=init,
         data_summary={"bundle": args.bundle.name, "command": " ".join(["anomaly_train.py", *(argv or sys.argv[1:])])},
         max_seconds=args.max_minutes * 60 if args.max_minutes else None,
     )

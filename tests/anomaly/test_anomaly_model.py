@@ -94,6 +94,20 @@ def test_bfloat16_reconstruction_is_close_to_float32(tiny_detector, make_scan) -
         AnomalyDetector(inference_dtype="float16")
 
 
+def test_fine_tuning_starts_from_the_given_weights(tiny_detector, make_scan) -> None:
+    kw = dict(channels=tiny_detector.channels, noise_levels=tiny_detector.noise_levels,
+              batch_size=4, min_component_mm3=tiny_detector.min_component_mm3)  # fmt: skip
+    tuned = AnomalyDetector(n_steps=1, lr=1e-12, **kw).fit([make_scan(0)], init=tiny_detector)
+    fresh = AnomalyDetector(n_steps=1, lr=1e-12, **kw).fit([make_scan(0)])
+    a, b, c = (d.model_.state_dict() for d in (tuned, tiny_detector, fresh))
+    key = next(k for k in a if a[k].is_floating_point() and a[k].numel() > 100)
+    # a vanishing learning rate: the tuned weights are the initial ones, not a fresh network's
+    assert (a[key] - b[key]).abs().max() < 1e-6 < (a[key] - c[key]).abs().max()
+    assert tuned.training_["init"]["steps"] == tiny_detector.training_["steps"]
+    with pytest.raises(ValueError, match="configuration differs"):
+        AnomalyDetector(channels=(8, 8), n_steps=1, batch_size=4).fit([make_scan(0)], init=tiny_detector)
+
+
 def test_load_refuses_a_plain_backbone(tmp_path) -> None:
     from neurocast.backbone import BackboneConfig, build_backbone, save_checkpoint
 

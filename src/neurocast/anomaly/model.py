@@ -329,6 +329,7 @@ class AnomalyDetector:
         resume: bool = False,
         data_summary: dict[str, Any] | None = None,
         max_seconds: float | None = None,
+        init: AnomalyDetector | None = None,
     ) -> AnomalyDetector:
         """Train the backbone on healthy scans (their priors, where set, are used).
 
@@ -339,6 +340,9 @@ class AnomalyDetector:
             data_summary: description of the training data for the model card.
             max_seconds: stop training after this wall-clock time (s) even if ``n_steps`` are
                 not done; ``training_["steps"]`` records the steps actually taken.
+            init: a fitted detector of the same configuration whose weights training starts from
+                (fine-tuning; the optimizer starts afresh). ``training_["init"]`` records its
+                model-card hash and steps.
 
         Returns:
             ``self``.
@@ -355,6 +359,11 @@ class AnomalyDetector:
         cfg = self.backbone_config()
         torch.manual_seed(self.seed)
         net = build_backbone(cfg)
+        if init is not None:
+            init._check_fitted()
+            if init.model_.config.to_dict() != cfg.to_dict():
+                raise ValueError("init: its backbone configuration differs from this detector's")
+            net.load_state_dict(init.model_.state_dict())
         summary = {
             "n_scans": len(scans),
             "n_scans_with_prior": sum(s.has_prior for s in scans),
@@ -384,6 +393,11 @@ class AnomalyDetector:
         self.grid_ = grid
         self.history_ = result.history
         self.training_ = {"data_summary": summary, "steps": result.step}
+        if init is not None:
+            self.training_["init"] = {
+                "model_card_sha256": getattr(init, "model_card_sha256_", None),
+                "steps": init.training_.get("steps"),
+            }
         self.calibration_: Calibration | None = None
         return self
 

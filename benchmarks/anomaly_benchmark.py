@@ -42,6 +42,7 @@ printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -173,7 +174,7 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _prepare_one(work: Path, key: str, source: Any, grid_mm: float, seed: int,
+def _prepare_one(work: Path, key: str, source: Any, *, grid_mm: float, seed: int,
                  tumour_voxel_mm: tuple[float, float, float]) -> tuple[str, float, str | None]:
     """Preprocess one scan into the cache; ``(key, seconds, error)``."""
     from neurocast.registration.template import working_grid
@@ -186,30 +187,29 @@ def _prepare_one(work: Path, key: str, source: Any, grid_mm: float, seed: int,
         return key, float("nan"), f"{type(exc).__name__}: {exc}"
 
 
-def prepare_all(work: Path, jobs: dict[str, tuple[Any, str]], grid_mm: float, seed: int, threads: int,
+def prepare_all(work: Path, jobs: dict[str, Any], grid_mm: float, seed: int, threads: int,
                 n_jobs: int, tumour_voxel_mm: tuple[float, float, float], log: Any) -> dict[str, tuple[Any, dict]]:
-    """Preprocess (or reuse) every scan of ``jobs`` (key -> (path or ("tumour", name), kind)).
+    """Preprocess (or reuse) every scan of ``jobs`` (key -> path, or ("tumour", name)).
 
     With ``n_jobs > 1`` scans are preprocessed in that many spawned processes, each with
     ``max(1, threads // n_jobs)`` threads. Returns key -> (scan, meta) for the scans that worked.
     """
+    import functools
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
     todo = [k for k in jobs if not (work / "scans" / f"{k}.npz").is_file()]
     if todo:
         log(f"preprocessing {len(todo)} scans ({n_jobs} at a time)")
-        per = max(1, threads // max(1, n_jobs))
-        if n_jobs > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(per,)) as pool:  # fmt: skip
-                futs = [pool.submit(_prepare_one, work, k, jobs[k][0], grid_mm, seed, tumour_voxel_mm) for k in todo]
-                for i, f in enumerate(futs, 1):
-                    key, secs, err = f.result()
-                    log(f"  {i}/{len(todo)} {key}: " + (f"failed: {err}" if err else f"{secs:.1f} s"))
-        else:
-            for i, k in enumerate(todo, 1):
-                key, secs, err = _prepare_one(work, k, jobs[k][0], grid_mm, seed, tumour_voxel_mm)
+        one = functools.partial(_prepare_one, work, grid_mm=grid_mm, seed=seed, tumour_voxel_mm=tumour_voxel_mm)
+        with contextlib.ExitStack() as stack:
+            mapper = map
+            if n_jobs > 1:
+                pool = stack.enter_context(ProcessPoolExecutor(
+                    n_jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                    initargs=(max(1, threads // n_jobs),)))  # fmt: skip
+                mapper = pool.map
+            for i, (key, secs, err) in enumerate(mapper(one, todo, [jobs[k] for k in todo]), 1):
                 log(f"  {i}/{len(todo)} {key}: " + (f"failed: {err}" if err else f"{secs:.1f} s"))
     return {k: load_scan(work / "scans" / f"{k}.npz") for k in jobs if (work / "scans" / f"{k}.npz").is_file()}
 
@@ -339,16 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     cohorts["key"] = [f"{r.cohort}_{r.participant_id}_{r.session_id}" for r in cohorts.itertuples()]
     if args.export_training:
         cohorts = cohorts[cohorts["cohort"] == "train"].reset_index(drop=True)
-    jobs: dict[str, tuple[Any, str]] = {k: (p, "simulated") for k, p in zip(cohorts["key"], cohorts["path"], strict=True)}
+    jobs: dict[str, Any] = dict(zip(cohorts["key"], cohorts["path"], strict=True))
     real_keys: dict[str, str] = {}
     if not args.no_real:
         ixi = IXI_TRAIN if args.export_training else IXI_TRAIN + IXI_CALIB + IXI_HELDOUT
         for name in ixi:
-            jobs[name] = (str(DATA / "ixi" / f"{name}_ds.nii.gz"), "real")
+            jobs[name] = str(DATA / "ixi" / f"{name}_ds.nii.gz")
             real_keys[name] = name
         if not args.export_training:
             for name in ("Pre_Scan_T1", "Post_Scan_T1"):
-                jobs[f"tumour_{name}"] = (("tumour", name), "real")
+                jobs[f"tumour_{name}"] = ("tumour", name)
                 real_keys[name] = f"tumour_{name}"
     done = prepare_all(work, jobs, size["grid"], args.seed, args.threads, args.jobs, tuple(args.tumour_voxel_mm), log)
     scans: dict[str, Any] = {k: v[0] for k, v in done.items() if k in cohorts["key"].values}

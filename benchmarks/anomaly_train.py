@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     seconds = time.perf_counter() - t0
     steps = det.training_["steps"]
-    det.n_steps = steps  # the card records what was done, not the upper bound
     det.save(args.out)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu"
     info = {"steps": steps, "seconds": round(seconds, 1), "steps_per_second": round(steps / seconds, 2),

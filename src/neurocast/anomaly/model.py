@@ -339,7 +339,8 @@ class AnomalyDetector:
             resume: resume from ``out_dir/checkpoint``.
             data_summary: description of the training data for the model card.
             max_seconds: stop training after this wall-clock time (s) even if ``n_steps`` are
-                not done; ``training_["steps"]`` records the steps actually taken.
+                not done; ``n_steps`` (and ``training_["steps"]``) then become the steps actually
+                taken, so the model card says what was done.
             init: a fitted detector of the same configuration whose weights training starts from
                 (fine-tuning; the optimizer starts afresh). ``training_["init"]`` records its
                 model-card hash and steps.
@@ -393,6 +394,7 @@ class AnomalyDetector:
         self.grid_ = grid
         self.history_ = result.history
         self.training_ = {"data_summary": summary, "steps": result.step}
+        self.n_steps = int(result.step)
         if init is not None:
             self.training_["init"] = {
                 "model_card_sha256": getattr(init, "model_card_sha256_", None),

@@ -574,7 +574,6 @@ def train_detector(
         },
         max_seconds=max_seconds,
     )
-    det.n_steps = int(det.training_["steps"])  # the card says what was done
     det.calibrate(cal_scans)
     det.save(model_dir)
     return det

@@ -251,7 +251,7 @@ def _denoise(
                     cond_out, uncond_out = both.chunk(2)
                     outs.append(uncond_out + guidance_scale * (cond_out - uncond_out))
                 else:
-                    outs.append(model(xb, tt, condition=cb, covariates=vb).float())
+                    outs.append(model(xb, tt, condition=cb, covariates=vb))
         out = torch.cat(outs).float()
         x, x0 = scheduler.step(out, int(t), x, eta=eta, generator=generator)
         if keep_x0:

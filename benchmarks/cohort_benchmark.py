@@ -15,7 +15,8 @@ since the first as history (what a clinic has after one follow-up). Against the 
    expansion, :func:`neurocast.progress.cohort.forecast_features`).
 3. The netCDF round trip of the gathered cohort (exact), and the time to gather and fit.
 
-    neurocast simulate cohort_s4000 --n-subjects 120 --seed 4000 --visits 3 5 \\
+    neurocast simulate train_s1000 --n-subjects 90 --seed 1000 --visits 3 5
+    neurocast simulate cohort_s4000 --n-subjects 200 --seed 4000 --visits 3 5 \\
         --proportions CN=0.2,MCI=0.7,AD=0.1
     python benchmarks/cohort_benchmark.py --model src/neurocast/weights/progress-demo \\
         --train train_s1000 --cohort cohort_s4000 --out benchmarks/cohort_results.json

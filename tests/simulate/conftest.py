@@ -27,8 +27,8 @@ def small_config(**changes) -> SimulationConfig:
         tumour_fraction=0.5,
         artefact_fraction=0.4,
         skull_stripped_fraction=0.3,
-        # more conversions, so the per-visit diagnoses change within 3 visits
-        annual_conversion_probability={"CN": 0.3, "MCI": 0.5},
+        # faster decline, so the per-visit diagnoses change within 3 visits
+        cognition_decline_per_year={"CN": 2.0, "MCI": 2.5, "AD": 2.5},
         diagnosis_proportions={"CN": 0.34, "MCI": 0.33, "AD": 0.33},
     )
     base.update(changes)

@@ -65,8 +65,8 @@ def test_weibull_scale_gives_the_annual_conversion_probability():
     assert (t <= 1.0).mean() == pytest.approx(p, abs=0.005)
 
 
-def test_faster_atrophy_means_earlier_conversion():
-    cfg = SimulationConfig(diagnosis_proportions={"MCI": 1.0})
+def test_faster_atrophy_means_earlier_conversion_weibull():
+    cfg = SimulationConfig(diagnosis_proportions={"MCI": 1.0}, conversion_model="weibull")
     slow, fast = [], []
     for i in range(400):
         s = draw_subject(1, i, 400, cfg)
@@ -76,6 +76,64 @@ def test_faster_atrophy_means_earlier_conversion():
     assert all(f < sl for f, sl in zip(fast, slow, strict=True))
     ratio = np.median(slow) / np.median(fast)
     assert ratio == pytest.approx(math.exp(2 * cfg.hazard_log_ratio["rate_sd"] / cfg.weibull_shape), rel=1e-6)
+
+
+def _mci_conversions(n: int, z: float | None = None, **changes) -> list:
+    cfg = SimulationConfig(diagnosis_proportions={"MCI": 1.0}, **changes)
+    out = []
+    for i in range(n):
+        s = draw_subject(3, i, n, cfg)
+        out.append((s, draw_conversion(3, s, z if z is not None else draw_rates(3, s, cfg), cfg)))
+    return out
+
+
+def test_threshold_model_faster_atrophy_means_earlier_conversion():
+    slow = [c.to_ad_years for _, c in _mci_conversions(200, -1.0)]
+    fast = [c.to_ad_years for _, c in _mci_conversions(200, 1.0)]
+    # same Brownian path, steeper drift: the threshold is never reached later
+    assert all(f <= sl for f, sl in zip(fast, slow, strict=True))
+    assert np.median(fast) < 0.7 * np.median(slow)
+
+
+def test_threshold_model_conversion_rates_are_plausible():
+    times = np.array([c.to_ad_years for _, c in _mci_conversions(1500)])
+    # MCI -> AD about 10-15 % a year (Risacher 2009): 1 year and 3 years cumulative
+    assert 0.05 < (times <= 1).mean() < 0.2
+    assert 0.25 < (times <= 3).mean() < 0.5
+
+
+def test_threshold_model_path_reaches_the_threshold_at_conversion():
+    cfg = SimulationConfig()
+    for s, c in _mci_conversions(50):
+        assert c.cognition_at(0.0) == pytest.approx(s.cognition)
+        if np.isfinite(c.to_ad_years):
+            assert c.cognition_at(c.to_ad_years) == pytest.approx(cfg.cognition_threshold["MCI"], abs=0.05)
+            assert c.cognition_at(c.to_ad_years - 0.05) > cfg.cognition_threshold["MCI"] - 0.05
+        assert c.linear_predictor == pytest.approx(
+            math.log(c.cognition_decline_per_year / (s.cognition - cfg.cognition_threshold["MCI"]))
+        )
+
+
+def test_threshold_model_baseline_mmse_measures_the_latent_score():
+    pairs = [(s.mmse, s.cognition) for s, _ in _mci_conversions(400)]
+    mmse, latent = np.array(pairs).T
+    assert np.all((mmse >= 24) & (mmse <= 30) & (mmse == np.round(mmse)))
+    assert np.corrcoef(mmse, latent)[0, 1] > 0.6
+    assert 0.3 < np.std(mmse - latent) < 1.2  # visit noise 0.8 plus rounding, less clipping
+
+
+def test_visit_mmse_follow_the_latent_path():
+    cfg = SimulationConfig(diagnosis_proportions={"MCI": 1.0}, n_visits=(5, 5), mmse_visit_sd=0.0)
+    s = draw_subject(4, 0, 1, cfg)
+    c = draw_conversion(4, s, draw_rates(4, s, cfg), cfg)
+    assign_visit_states(4, s, c, cfg)
+    for v in s.visits[1:]:
+        assert v.mmse == float(np.clip(round(c.cognition_at(v.time_years)), 0, 30))
+
+
+def test_unknown_conversion_model_is_refused():
+    with pytest.raises(ValueError, match="conversion_model"):
+        SimulationConfig(conversion_model="cox")
 
 
 def test_visit_diagnoses_follow_the_conversion_times():

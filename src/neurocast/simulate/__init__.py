@@ -95,16 +95,31 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
 
 4. Conversion (``conversion.py``)
 ---------------------------------
-* Weibull proportional hazards: ``h(t) = (k / lam) (t / lam)^(k-1) exp(eta)`` with shape
-  ``weibull_shape`` and ``lam`` set so that a reference subject converts within a year with
-  probability ``annual_conversion_probability`` (CN->MCI, MCI->AD), and ``eta = sum of
-  hazard_log_ratio`` terms: per SD of the subject's atrophy-rate effect ``b`` (so survival models
-  have a real imaging signal), per APOE4 allele, per decade of age, per MMSE point above the group
-  mean, female (covariates centred on their group means). Times are drawn by inversion; a CN subject who becomes MCI draws a time to AD from
-  then on with the MCI hazard. Latent times are kept in the truth; the event is observed when it
-  falls before the last visit, otherwise censored there.
-* Per-visit diagnosis in ``sessions.tsv`` is the state at the visit time; MMSE declines by
-  ``mmse_decline_per_year`` of the current state plus normal(0, ``mmse_visit_sd``).
+* Threshold model (``conversion_model="threshold"``, default): a latent cognitive score in MMSE
+  points starts at the subject's baseline score (drawn as ``mmse_baseline``; the baseline MMSE is
+  its measurement with ``normal(0, mmse_visit_sd)`` noise, rounded) and drifts down by
+  ``cognition_decline_per_year[state] * m^cognition_atrophy_coupling * exp(e - centre)`` per year
+  (``m`` the subject's atrophy-rate multiplier, ``e ~ normal(0, cognition_decline_sd)``) plus a
+  Brownian fluctuation of ``cognition_fluctuation_sd`` per sqrt(year). The subject converts when
+  the score first reaches ``cognition_threshold[state]`` (CN -> MCI at 25.5, MCI -> AD at 23.5);
+  the drift is then the new state's. Time to conversion is thus set by how far the subject is
+  from the threshold and how fast it declines (tied to its atrophy rate), a first-hitting-time
+  model (Lee & Whitmore 2006). MCI subjects convert at about 9 % in the first year, 34 % within
+  3 years and 55 % within 5 (Risacher 2009: 10-15 % a year); controls at about 1 %, 5 % and 14 %.
+* Weibull model (``conversion_model="weibull"``, the default before 2026-12-04): proportional
+  hazards ``h(t) = (k / lam) (t / lam)^(k-1) exp(eta)`` with shape ``weibull_shape`` and ``lam``
+  set so that a reference subject converts within a year with probability
+  ``annual_conversion_probability`` (CN->MCI, MCI->AD), and ``eta = sum of hazard_log_ratio``
+  terms: per SD of the subject's atrophy-rate effect ``b``, per APOE4 allele, per decade of age,
+  per MMSE point above the group mean, female (covariates centred on their group means). Times
+  are drawn by inversion; a CN subject who becomes MCI draws a time to AD from then on with the
+  MCI hazard. With these literature hazard ratios the times are mostly noise: the model's own
+  linear predictor orders MCI -> AD conversions with a C-index of about 0.6.
+* Latent times are kept in the truth; the event is observed when it falls before the last visit,
+  otherwise censored there.
+* Per-visit diagnosis in ``sessions.tsv`` is the state at the visit time. MMSE is the latent
+  score at the visit (threshold model) or declines by ``mmse_decline_per_year`` of the current
+  state (Weibull model), plus normal(0, ``mmse_visit_sd``), rounded and clipped to 0-30.
 
 5. Anomalies (``anomalies.py``)
 -------------------------------
@@ -153,7 +168,7 @@ apoe4_probabilities                CN .73/.24/.03, MCI .47/.42/.11,            c
                                    AD .34/.47/.19
 mmse_baseline                      CN 29.1+-1.0 [26-30], MCI 27.0+-1.8 [24-30], ADNI-1 means and entry ranges
                                    AD 23.3+-2.0 [18-26]                        (Petersen 2010)
-mmse_decline_per_year              CN 0.1, MCI 0.8, AD 2.5                     assumption (typical ADNI)
+mmse_decline_per_year              CN 0.1, MCI 0.8, AD 2.5                     assumption (typical ADNI); Weibull model
 mmse_visit_sd                      0.8                                         assumption
 n_visits                           (2, 5)                                      assumption
 visit_schedule_years               0.5, 1, 1.5, 2, 3, 4, 5                     ADNI-like schedule
@@ -186,8 +201,14 @@ subject_rate_sd                    0.35                                        a
 region_rate_sd                     0.12                                        assumption
 conversion_acceleration            CN->MCI 1.81, MCI->AD 1.83                  hippocampal rate ratios; Leung 2013
 conversion_transition_years        0.5                                         assumption
-annual_conversion_probability      CN 0.04, MCI 0.13                           Risacher 2009 (MCI 10-15 %/yr)
-weibull_shape                      1.3                                         assumption
+conversion_model                   threshold                                   first-hitting time, Lee & Whitmore 2006
+cognition_threshold                CN 25.5, MCI 23.5                           below the next group's MMSE range
+cognition_decline_per_year         CN 0.25, MCI 0.8, AD 2.5                    ADNI-typical MMSE declines; CN assumption
+cognition_atrophy_coupling         1.5                                         direction Jack 2004/2005; size assumption
+cognition_decline_sd               0.3                                         assumption
+cognition_fluctuation_sd           0.6 per sqrt(year)                          sets MCI->AD ~13 %/yr (Risacher 2009)
+annual_conversion_probability      CN 0.04, MCI 0.13                           Risacher 2009 (MCI 10-15 %/yr); Weibull model
+weibull_shape                      1.3                                         assumption; Weibull model
 hazard_log_ratio                   rate_sd 0.53, apoe4 0.35, age_decade 0.18,  Jack 2005 (HR 1.7-1.9 per SD of
                                    mmse_point -0.15, female 0.1                atrophy rate); rest assumption
 native_voxel_sizes                 1.5 iso, 1.3x1.3x2, 1.6 iso, 1.2x1.2x1.8    modest for speed (see field doc)

@@ -121,7 +121,7 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
 
     subject = draw_subject(seed, index, n_subjects, config)
     rates = draw_rates(seed, subject, config)
-    conversion = draw_conversion(seed, subject, rates.subject_effect_sd_units, config)
+    conversion = draw_conversion(seed, subject, rates, config)
     assign_visit_states(seed, subject, conversion, config)
     accelerations = rate_multiplier_path(conversion, config)
     times = [v.time_years for v in subject.visits]
@@ -337,6 +337,8 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
         "time_to_mci_years": _r(_finite(conversion.to_mci_years), 6),
         "time_to_ad_years": _r(_finite(conversion.to_ad_years), 6),
         "hazard_linear_predictor": _r(conversion.linear_predictor, 6),
+        "cognition_baseline": _r(subject.cognition, 6),
+        "cognition_decline_per_year": _r(conversion.cognition_decline_per_year, 6),
         "tumour": tumour is not None,
         "tumour_onset_session": tumour_onset_session,
         "tumour_centre_mm": json_cell([_r(x, 3) for x in tumour.centre_mm]) if tumour else None,

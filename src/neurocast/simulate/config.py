@@ -21,6 +21,9 @@ References (cited by short name in the field docs):
 * **Leung 2013**: Leung KK, Bartlett JW, Barnes J, et al. Cerebral atrophy in mild cognitive
   impairment and Alzheimer disease: rates and acceleration. *Neurology* 2013;80(7):648-654.
   Hippocampal atrophy in MCI accelerates by 0.22 %/yr^2, by 0.50 %/yr^2 in MCI who progress.
+* **Lee & Whitmore 2006**: Lee MLT, Whitmore GA. Threshold regression for survival analysis:
+  modeling event times by a stochastic process reaching a boundary. *Statistical Science*
+  2006;21(4):501-513. (Event = first time a drifting latent process reaches a threshold.)
 * **Nestor 2008**: Nestor SM, Rupsingh R, Borrie M, et al. Ventricular enlargement as a possible
   measure of Alzheimer's disease progression validated using the ADNI database. *Brain*
   2008;131(9):2443-2454. (Ventricular enlargement AD > MCI > controls, faster in APOE4 carriers.)
@@ -80,6 +83,9 @@ over subjects of that diagnosis who stay in it (covariates and random effects ar
 the group mean is this value); converters speed up by :attr:`SimulationConfig.conversion_acceleration`."""
 
 
+CONVERSION_MODELS = ("threshold", "weibull")
+"""Models of the conversion times (:attr:`SimulationConfig.conversion_model`)."""
+
 EXECUTION_FIELDS = ("n_jobs",)
 """Fields that change how the simulation runs, never what it writes."""
 
@@ -133,7 +139,8 @@ class SimulationConfig:
     mmse_decline_per_year: dict[str, float] = field(
         default_factory=lambda: {"CN": 0.1, "MCI": 0.8, "AD": 2.5}
     )
-    """Annual MMSE decline in the current diagnostic state (assumption, typical of ADNI)."""
+    """Weibull conversion model only: annual MMSE decline in the current diagnostic state
+    (assumption, typical of ADNI). The threshold model uses :attr:`cognition_decline_per_year`."""
     mmse_visit_sd: float = 0.8
     """Visit-to-visit MMSE noise (points); scores are rounded and clipped to 0-30."""
 
@@ -215,13 +222,44 @@ class SimulationConfig:
     """Width of the smooth rate change around a conversion (years)."""
 
     # --- conversion ---------------------------------------------------------------------------
+    conversion_model: str = "threshold"
+    """How conversion times arise. ``"threshold"`` (default): a latent cognitive score (MMSE
+    points) starts at the subject's baseline score, declines with a subject-specific drift tied to
+    the atrophy rate plus Brownian fluctuations, and the subject converts when it first crosses
+    :attr:`cognition_threshold` (a first-hitting-time model, Lee & Whitmore 2006; the diagnosis of
+    dementia is a threshold on progressive decline). ``"weibull"``: the proportional-hazards model
+    of :attr:`annual_conversion_probability`, :attr:`weibull_shape` and :attr:`hazard_log_ratio`
+    (the default before 2026-12-04; give it to reproduce cohorts simulated before then)."""
+    cognition_threshold: dict[str, float] = field(default_factory=lambda: {"CN": 25.5, "MCI": 23.5})
+    """Latent score (MMSE points) at which a subject leaves the state: CN -> MCI at 25.5, MCI -> AD
+    at 23.5, half a point below the lowest baseline MMSE of the next milder group's range
+    (:attr:`mmse_baseline`), so every subject starts above its threshold (assumption)."""
+    cognition_decline_per_year: dict[str, float] = field(
+        default_factory=lambda: {"CN": 0.25, "MCI": 0.8, "AD": 2.5}
+    )
+    """Mean drift of the latent cognitive score (MMSE points per year) in each state (threshold
+    model): MCI 0.8 and AD 2.5 as typical ADNI MMSE declines; CN 0.25 (assumption, set with
+    :attr:`cognition_fluctuation_sd` so that about 3 % of controls a year become MCI)."""
+    cognition_atrophy_coupling: float = 1.5
+    """Exponent linking the subject's cognitive decline to its atrophy rate: the drift is
+    :attr:`cognition_decline_per_year` of the current state times ``m^coupling`` (``m`` = the subject's
+    atrophy-rate multiplier from covariates and random effect, mean-centred), so faster atrophy
+    means faster decline and earlier conversion (Jack 2004, Jack 2005: atrophy rates track and
+    predict clinical decline); size an assumption."""
+    cognition_decline_sd: float = 0.3
+    """SD of a subject's log cognitive-decline multiplier not explained by its atrophy rate
+    (assumption)."""
+    cognition_fluctuation_sd: float = 0.6
+    """SD of the latent score's Brownian fluctuation over one year (MMSE points per sqrt(year));
+    with the decline rates and thresholds it sets the annual conversion probabilities (about 13 %
+    MCI -> AD, Risacher 2009; about 4 % CN -> MCI); assumption."""
     annual_conversion_probability: dict[str, float] = field(
         default_factory=lambda: {"CN": 0.04, "MCI": 0.13}
     )
-    """Probability of converting within the first year for a reference subject: MCI->AD 10-15 %
-    (Risacher 2009), CN->MCI 4 % (assumption)."""
+    """Weibull model only: probability of converting within the first year for a reference subject:
+    MCI->AD 10-15 % (Risacher 2009), CN->MCI 4 % (assumption)."""
     weibull_shape: float = 1.3
-    """Shape of the Weibull baseline hazard (>1: risk grows with time; assumption)."""
+    """Weibull model only: shape of the baseline hazard (>1: risk grows with time; assumption)."""
     hazard_log_ratio: dict[str, float] = field(
         default_factory=lambda: {
             "rate_sd": 0.53,  # log(1.7): HR per 1-SD faster atrophy (Jack 2005: 1.7-1.9)
@@ -231,7 +269,7 @@ class SimulationConfig:
             "female": 0.1,  # assumption
         }
     )
-    """Log hazard ratios of the proportional-hazards conversion model. APOE4 and sex are centred on
+    """Weibull model only: log hazard ratios of the proportional-hazards conversion model. APOE4 and sex are centred on
     the group means (mean allele count of :attr:`apoe4_probabilities`, :attr:`female_fraction`),
     age on :attr:`reference_age`, MMSE on the group's mean: a subject with average covariates has
     the hazard given by :attr:`annual_conversion_probability`."""
@@ -357,6 +395,10 @@ class SimulationConfig:
                 raise ValueError(f"orientations: {code!r} must name three different axes")
         if self.n_jobs < 1:
             raise ValueError(f"n_jobs must be >= 1, got {self.n_jobs}")
+        if self.conversion_model not in CONVERSION_MODELS:
+            raise ValueError(f"conversion_model must be one of {CONVERSION_MODELS}, got {self.conversion_model!r}")
+        if self.cognition_fluctuation_sd < 0 or self.cognition_decline_sd < 0:
+            raise ValueError("cognition_fluctuation_sd and cognition_decline_sd must be >= 0")
 
     def mean_apoe4(self, diagnosis: str) -> float:
         """Expected APOE4 allele count of a diagnosis group."""

@@ -90,6 +90,9 @@ class Subject:
     apoe4: int
     mmse: float
     visits: list[Visit] = field(default_factory=list)
+    cognition: float = 30.0
+    """Latent cognitive score at baseline (MMSE points, not rounded): the start of the threshold
+    conversion model's path; the baseline MMSE is its noisy, rounded measurement."""
 
     @property
     def participant_id(self) -> str:
@@ -145,8 +148,14 @@ def draw_subject(seed: int, index: int, n_subjects: int, config: SimulationConfi
     probs = np.asarray(config.apoe4_probabilities[dx], dtype=float)
     apoe4 = int(rng.choice(3, p=probs / probs.sum()))
     mean, sd, mlo, mhi = config.mmse_baseline[dx]
-    mmse = float(np.clip(round(rng.normal(mean, sd)), mlo, mhi))
-    subject = Subject(index, subject_label(index, n_subjects), age, sex, dx, apoe4, mmse)
+    latent = float(rng.normal(mean, sd))
+    cognition = float(np.clip(latent, mlo, mhi))
+    if config.conversion_model == "threshold":
+        # the baseline MMSE measures the latent score with the visits' noise (last draw of the stream)
+        mmse = float(np.clip(round(cognition + rng.normal(0.0, config.mmse_visit_sd)), mlo, mhi))
+    else:
+        mmse = float(np.clip(round(latent), mlo, mhi))
+    subject = Subject(index, subject_label(index, n_subjects), age, sex, dx, apoe4, mmse, cognition=cognition)
     subject.visits = draw_visits(seed, index, age, config)
     return subject
 

@@ -150,3 +150,26 @@ def test_atlas_to_native_recovers_a_shifted_template(tmp_path):
     dice = 2 * np.sum((a == 60) & (b == 60)) / (np.sum(a == 60) + np.sum(b == 60))
     assert dice > 0.7
     assert not a[~mask].any()  # restricted to the brain mask
+
+
+def test_atlas_to_native_default_schedule_reaches_the_atlas_grid(monkeypatch, tmp_path):
+    """By default SyN also iterates at the atlas's own resolution (the 4 mm stop left the
+    ventricles' edges loose: atlas leave-one-out error 24 % instead of 14 %)."""
+    import neurocast.registration._syn as syn
+
+    seen = {}
+
+    def fake_register_syn(fixed, moving, *, params, **kwargs):
+        seen["params"] = params
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(syn, "register_syn", fake_register_syn)
+    g = working_grid(8.0)
+    img = nib.Nifti1Image(np.ones(g.shape, np.float32), g.affine)
+    scan = _Scan(img, nib.Nifti1Image(np.ones(g.shape, np.uint8), g.affine), np.eye(4))
+    with pytest.raises(RuntimeError, match="stop here"):
+        atlas_to_native(scan, load_atlas(g), work_dir=tmp_path)
+    params = seen["params"]
+    assert params.syn_shrink[-1] == 1 and params.syn_iterations[-1] > 0
+    assert params.linear == ("Affine",)
+    assert not list(tmp_path.iterdir())  # the temporary folder is removed on failure too

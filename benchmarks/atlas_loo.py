@@ -81,14 +81,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from neurocast.registration._syn import SynParams
     from neurocast.registration.preprocess import preprocess_t1w
-    from neurocast.registration.volumes import NATIVE_SYN_ITERATIONS
+    from neurocast.registration.volumes import native_syn_params
 
     build_params = SynParams()  # the shipped atlas's recipe
-    native_params = SynParams(linear=("Affine",), syn_iterations=NATIVE_SYN_ITERATIONS)  # atlas_to_native's
     if args.build_syn_iterations:
         build_params = replace(build_params, syn_iterations=tuple(args.build_syn_iterations))
-    if args.native_syn_iterations:
-        native_params = replace(native_params, syn_iterations=tuple(args.native_syn_iterations))
+    native_params = native_syn_params(tuple(args.native_syn_iterations)) if args.native_syn_iterations else native_syn_params()
     args.build_params, args.native_params = build_params, native_params
 
     t_start = time.perf_counter()

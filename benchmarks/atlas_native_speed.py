@@ -25,10 +25,13 @@ def main() -> None:
     from neurocast.registration.threads import set_threads
 
     set_threads(args.threads)
-    from neurocast.registration._syn import SynParams
     from neurocast.registration.build_atlas import default_data_dir, find_pairs
     from neurocast.registration.preprocess import preprocess_t1w
-    from neurocast.registration.volumes import NATIVE_SYN_ITERATIONS, native_regional_volumes
+    from neurocast.registration.volumes import (
+        NATIVE_SYN_ITERATIONS,
+        native_regional_volumes,
+        native_syn_params,
+    )
 
     scan = args.scan or find_pairs(default_data_dir())[0][1]
     iters = tuple(args.syn_iterations) if args.syn_iterations else NATIVE_SYN_ITERATIONS
@@ -37,8 +40,7 @@ def main() -> None:
         result = preprocess_t1w(scan, seed=0, work_dir=tmp)
         t_pre = time.perf_counter() - t0
         t0 = time.perf_counter()
-        table = native_regional_volumes(result, seed=0, work_dir=tmp,
-                                        params=SynParams(linear=("Affine",), syn_iterations=iters))
+        table = native_regional_volumes(result, seed=0, work_dir=tmp, params=native_syn_params(iters))
         t_nat = time.perf_counter() - t0
     vent = table.set_index("region").loc["Lateral-Ventricles", "volume_mm3"] / 1000
     print(f"{Path(scan).name}: preprocess {t_pre:.1f} s, atlas to native {t_nat:.1f} s "

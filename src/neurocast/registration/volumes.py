@@ -165,6 +165,14 @@ leaves the ventricles' edges to 4 mm: in the atlas leave-one-out benchmark
 (hippocampus 6.9/6.8 % -> 3.2/2.6 %), at the cost of about 70 s per scan on 2 cores (22 -> 90 s; ``benchmarks/atlas_native_speed.py``)."""
 
 
+def native_syn_params(syn_iterations: tuple[int, int, int] = NATIVE_SYN_ITERATIONS) -> SynParams:
+    """The registration schedule of :func:`atlas_to_native`: affine refinement, then SyN with
+    ``syn_iterations`` at 8, 4 and 2 mm."""
+    from neurocast.registration._syn import SynParams
+
+    return SynParams(linear=("Affine",), syn_iterations=tuple(syn_iterations))
+
+
 def atlas_to_native(
     result: NativeScan,
     atlas: Atlas | None = None,
@@ -187,8 +195,8 @@ def atlas_to_native(
             with ``native``, ``native_brain_mask`` and ``native_to_template``).
         atlas: default :func:`load_atlas`.
         seed: ANTs random seed.
-        params: registration schedule (default: affine + SyN with
-            :data:`NATIVE_SYN_ITERATIONS`, see :class:`~neurocast.registration._syn.SynParams`).
+        params: registration schedule (default: :func:`native_syn_params`, affine + SyN with
+            :data:`NATIVE_SYN_ITERATIONS`).
         interpolation: ``"genericLabel"`` (default) or ``"nearestNeighbor"``.
         restrict_to_mask: set labels outside the native brain mask to 0.
         work_dir: parent of the temporary ANTs folder (always removed).
@@ -198,13 +206,13 @@ def atlas_to_native(
     """
     import ants
 
-    from neurocast.registration._syn import SynParams, register_syn
+    from neurocast.registration._syn import register_syn
     from neurocast.registration.transforms import nib_to_ants
 
     if interpolation not in ("genericLabel", "nearestNeighbor"):
         raise ValueError(f"interpolation must be 'genericLabel' or 'nearestNeighbor', got {interpolation!r}")
     atlas = load_atlas() if atlas is None else atlas
-    params = SynParams(linear=("Affine",), syn_iterations=NATIVE_SYN_ITERATIONS) if params is None else params
+    params = native_syn_params() if params is None else params
     native = result.native
     mask = np.asarray(result.native_brain_mask.dataobj) > 0
     if mask.shape != native.shape[:3]:

@@ -15,7 +15,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
+import os
 import subprocess
 import sys
 import time
@@ -33,17 +35,31 @@ def main() -> None:
     ap.add_argument("--n-subjects", type=int, default=6)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--work", type=Path, default=Path("/tmp/neurocast-truthcheck"))
+    ap.add_argument(
+        "--field-spacing-mm",
+        type=float,
+        default=4.0,
+        help="velocity-field grid of neurocast register (default 4, as the CLI)",
+    )
+    ap.add_argument(
+        "--base-scans",
+        type=Path,
+        default=None,
+        help="simulate on real anatomy (neurocast simulate --base-scans), e.g. ../shared/data/real/ixi",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("simulate_truth_check.md"))
     args = ap.parse_args()
     study, out = args.work / "study", args.work / "out"
     t0 = time.perf_counter()
     if not (study / "participants.tsv").exists():
         subprocess.run([sys.executable, "-m", "neurocast.cli.main", "simulate", str(study), "--n-subjects",
-                        str(args.n_subjects), "--seed", str(args.seed), "-q"], check=True)  # fmt: skip
+                        str(args.n_subjects), "--seed", str(args.seed), "-q",
+                        *(["--base-scans", str(args.base_scans)] if args.base_scans else [])], check=True)  # fmt: skip
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "neurocast.cli.main", "register", str(study), str(out),
-                    "participant", "-q", "--seed", "0"], check=False)  # fmt: skip
+                    "participant", "-q", "--seed", "0", "--field-spacing-mm", str(args.field_spacing_mm)],
+                   check=False)  # fmt: skip
     t_reg = time.perf_counter() - t0
 
     truth = pd.read_csv(
@@ -72,8 +88,10 @@ def main() -> None:
     lines = [
         "# Simulated truth vs registration (issue 4)",
         "",
-        f"Command: `python benchmarks/simulate_truth_check.py --n-subjects {args.n_subjects} --seed {args.seed}`; "
-        "machine: 2-core CPU (shared with other jobs), date 2026-11-22.",
+        f"Command: `python benchmarks/simulate_truth_check.py --n-subjects {args.n_subjects} --seed {args.seed}"
+        f" --field-spacing-mm {args.field_spacing_mm:g}"
+        f"{' --base-scans ' + str(args.base_scans) if args.base_scans else ''}`; machine: {os.cpu_count()}-core CPU, "
+        f"date {datetime.date.today().isoformat()}.",
         f"Simulation {t_sim:.0f} s, registration of {args.n_subjects} subjects {t_reg:.0f} s. "
         f"{len(both)} (follow-up, region) pairs.",
         "",

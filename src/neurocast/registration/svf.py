@@ -74,12 +74,14 @@ penalty that does so with some margin, and meets the ventricle target. The hippo
 well short of its target at any weight: lowering the penalty further (0.05) only reaches a slope
 of about 0.6 while breaking the known-deformation figure. Neither more iterations
 (a finest-level cap of 100 and ``tolerance=1e-5`` changed nothing), Gaussian pre-smoothing of
-the images nor a larger LNCC epsilon helped; a 2 mm field (``field_factor=1``) helps a little but
-takes about 60 s a pair. On the simulator's clean template-space images (measured on its own
-labels) the same fit recovers about 0.8 of the hippocampal change (0.95 at
-``regularization=0.05``), so most of what is lost lies in the difference between the acquired
-and the clean images; and the template atlas alone (the true Jacobian averaged over it) already
-costs a ratio of 0.096 for the hippocampus.
+the images nor a larger LNCC epsilon helped. A 2 mm field (``field_factor=1``, about 15 s a pair)
+moves the hippocampus but not both regions together: with ``regularization=0.05`` the slope
+reaches 0.88 while the ventricles overshoot (slope 1.19, ratio 0.27), with 0.1 0.80 and 1.15
+(``benchmarks/simulate_truth_check_variants.py``, 2026-12-04). On the simulator's clean
+template-space images (measured on its own labels) the same fit recovers about 0.8 of the
+hippocampal change (0.95 at ``regularization=0.05``), so most of what is lost lies in the
+difference between the acquired and the clean images; and the template atlas alone (the true
+Jacobian averaged over it) already costs a ratio of 0.096 for the hippocampus.
 
 There is no random element: the ``seed`` only seeds torch's generator (in a forked RNG state) for
 the project's reproducibility convention. The same inputs on the same machine and thread count

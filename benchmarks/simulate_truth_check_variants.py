@@ -1,0 +1,204 @@
+"""Where the truth check loses the hippocampal change: refit its pairs with other registrations.
+
+Runs on the work folder of ``benchmarks/simulate_truth_check.py`` (the simulated study and what
+``neurocast register`` wrote for it). For every follow-up it takes the two aligned images that
+``register`` wrote (``desc-longitudinal_T1w``, 2 mm, template space), fits the non-linear
+registration baseline -> follow-up again with each variant, and averages the fitted volume-change
+map over two label sets:
+
+* ``truth``: the subject's own baseline labels from the simulator's truth, brought into the
+  aligned space through the true native <-> template transform and the one ``register`` found
+  (nearest neighbour), i.e. perfect labels;
+* ``atlas``: the template atlas, as ``register`` does.
+
+Variants (JSON object, name -> options):
+
+* ``{"method": "registered"}``: no refit, the Jacobian map ``register`` wrote;
+* ``{"method": "svf", ...}``: :func:`neurocast.registration.svf.fit_velocity_field` with these
+  keyword options (e.g. ``"field_factor": 1, "regularization": 0.05``);
+* ``{"method": "ants", "iterations": [60, 40, 20]}``: ANTsPy's symmetric SyN (``SyNOnly``,
+  cross-correlation radius 2, flow sigma 3, no total-field smoothing), the volume change taken as
+  the Jacobian determinant of its inverse warp on the baseline grid;
+* ``"images": "clean"`` in any variant fits the simulator's clean template-space images (truth
+  ``desc-clean_T1w``, no acquisition effects) instead, on the truth labels only.
+
+Ratio = mean |measured - true| / mean |true| (the truth check's figure), slope = least-squares
+slope of measured on true change (1 = unbiased).
+
+Usage::
+
+    python benchmarks/simulate_truth_check.py --work /tmp/tc     # once: simulate + register
+    python benchmarks/simulate_truth_check_variants.py --work /tmp/tc \\
+        --variants '{"registered": {"method": "registered"}, "syn": {"method": "ants"}}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from neurocast.registration.atlas import load_atlas, parse_labels
+from neurocast.registration.deformation import volume_change_map
+from neurocast.registration.svf import fit_velocity_field
+from neurocast.registration.template import working_grid
+from neurocast.registration.transforms import read_ants_affine
+
+REGIONS = ("Hippocampus", "Lateral-Ventricles")
+
+
+def _one(folder: Path, pattern: str) -> Path:
+    hits = sorted(folder.glob(pattern))
+    if not hits:
+        raise FileNotFoundError(f"no {pattern} under {folder}")
+    return hits[0]
+
+
+def truth_labels_on_grid(study: Path, out: Path, sub: str, grid) -> np.ndarray:
+    """The subject's true baseline labels resampled (nearest) onto ``register``'s aligned grid."""
+    truth = study / "derivatives" / "neurocast-truth" / sub / "ses-bl" / "anat"
+    labels = nib.load(_one(truth, "*atlas-neurocast_dseg.nii.gz"))
+    true_t2n = read_ants_affine(_one(truth, "*mode-image_xfm.mat"))
+    found_t2n = read_ants_affine(_one(out / sub, f"**/{sub}_ses-bl_*desc-longitudinal_xfm.mat"))
+    m = np.linalg.inv(labels.affine) @ np.linalg.inv(true_t2n) @ found_t2n @ grid.affine
+    ijk = np.indices(grid.shape).reshape(3, -1)
+    xyz = m[:3, :3] @ ijk + m[:3, 3:4]
+    return ndimage.map_coordinates(np.asarray(labels.dataobj), xyz, order=0).reshape(grid.shape)
+
+
+def volume_change(
+    variant: dict, base: np.ndarray, follow: np.ndarray, mask: np.ndarray, jac_file: Path
+) -> np.ndarray:
+    """The variant's volume-change map (follow-up / baseline volume) on the baseline grid."""
+    options = {k: v for k, v in variant.items() if k not in ("method", "images", "iterations")}
+    method = variant.get("method", "svf")
+    if method == "registered":
+        return np.asarray(nib.load(jac_file).dataobj, np.float64)
+    if method == "svf":
+        fit = fit_velocity_field(base, follow, mask=mask.astype(np.float32), **options)
+        return volume_change_map(fit.velocity, shape=base.shape)[0, 0].numpy()
+    if method == "ants":
+        import ants
+
+        reg = ants.registration(
+            ants.from_numpy(follow), ants.from_numpy(base), type_of_transform="SyNOnly",
+            syn_metric="CC", syn_sampling=2, reg_iterations=tuple(variant.get("iterations", (60, 40, 20))),
+            flow_sigma=3, total_sigma=0, random_seed=1, initial_transform="Identity",
+        )  # fmt: skip
+        inverse = next(t for t in reg["invtransforms"] if t.endswith("InverseWarp.nii.gz"))
+        return ants.create_jacobian_determinant_image(ants.from_numpy(base), inverse).numpy()
+    raise ValueError(f"unknown method {method!r}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--work", type=Path, required=True, help="work folder of simulate_truth_check.py"
+    )
+    ap.add_argument("--variants", required=True, help="JSON object: name -> options")
+    ap.add_argument(
+        "--pairs", default=None, help="comma-separated sub-XXX:ses-YYY (default: all follow-ups)"
+    )
+    ap.add_argument("--csv", type=Path, default=None, help="also write the per-pair table here")
+    args = ap.parse_args()
+    variants = json.loads(args.variants)
+    study, out = args.work / "study", args.work / "out"
+    truth_dir = study / "derivatives" / "neurocast-truth"
+    true_vol = pd.read_csv(truth_dir / "regional_volumes.tsv", sep="\t")
+    grid = working_grid(2.0)
+    atlas = load_atlas(grid)
+    atlas_labels = np.asarray(atlas.labels.dataobj).astype(int)
+    sources = {
+        r: list(
+            parse_labels(atlas.regions.loc[atlas.regions["name"] == r, "source_labels"].iloc[0])
+        )
+        for r in REGIONS
+    }
+    if args.pairs:
+        pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
+    else:
+        fu = true_vol[(true_vol["region"] == REGIONS[0]) & (true_vol["session_id"] != "ses-bl")]
+        pairs = list(zip(fu["participant_id"], fu["session_id"], strict=True))
+
+    rows = []
+    for sub, ses in pairs:
+        truth_labels = truth_labels_on_grid(study, out, sub, grid)
+        mask = (
+            np.asarray(
+                nib.load(_one(out / sub, f"**/{sub}_ses-bl_*desc-brain_mask.nii.gz")).dataobj
+            )
+            > 0
+        )
+        jac_file = _one(out / sub, f"**/{sub}_{ses}_*desc-jacobian_map.nii.gz")
+        for name, variant in variants.items():
+            clean = variant.get("images") == "clean"
+            if clean:
+                folder = truth_dir / sub
+                base, follow = (
+                    np.asarray(
+                        nib.load(_one(folder / s / "anat", "*desc-clean_T1w.nii.gz")).dataobj,
+                        np.float32,
+                    )
+                    for s in ("ses-bl", ses)
+                )
+                labels = {
+                    "truth": np.asarray(
+                        nib.load(
+                            _one(folder / "ses-bl" / "anat", "*atlas-neurocast_dseg.nii.gz")
+                        ).dataobj
+                    )
+                }
+                fit_mask = labels["truth"] > 0
+            else:
+                base, follow = (
+                    np.asarray(
+                        nib.load(
+                            _one(out / sub, f"**/{sub}_{s}_*desc-longitudinal_T1w.nii.gz")
+                        ).dataobj,
+                        np.float32,
+                    )
+                    for s in ("ses-bl", ses)
+                )
+                labels = {"truth": truth_labels, "atlas": atlas_labels}
+                fit_mask = mask
+            t0 = time.perf_counter()
+            jac = volume_change(variant, base, follow, fit_mask, jac_file)
+            seconds = time.perf_counter() - t0
+            for region, labs in sources.items():
+                true = true_vol.loc[
+                    (true_vol["participant_id"] == sub)
+                    & (true_vol["session_id"] == ses)
+                    & (true_vol["region"] == region),
+                    "ratio_to_baseline",
+                ].iloc[0]
+                for lab_name, lab in labels.items():
+                    rows.append({
+                        "participant_id": sub, "session_id": ses, "region": region, "variant": name,
+                        "labels": lab_name, "true_change_pct": 100 * (true - 1),
+                        "measured_change_pct": 100 * (float(jac[np.isin(lab, labs)].mean()) - 1), "seconds": seconds,
+                    })  # fmt: skip
+            print(f"{sub} {ses} {name}: {seconds:.1f} s", flush=True)
+    df = pd.DataFrame(rows)
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    print(
+        "\n| variant | labels | region | pairs | ratio | slope | median s per pair |\n|---|---|---|---|---|---|---|"
+    )
+    for (name, lab_name, region), g in df.groupby(["variant", "labels", "region"], sort=False):
+        t, m = g["true_change_pct"], g["measured_change_pct"]
+        print(
+            f"| {name} | {lab_name} | {region} | {len(g)} | {(m - t).abs().mean() / t.abs().mean():.3f} | "
+            f"{(m * t).sum() / (t**2).sum():.2f} | {g['seconds'].median():.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,43 @@ def _grey(sl: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.repeat(g[..., None], 3, axis=-1)
 
 
+def image_centre(image: np.ndarray) -> tuple[float, float, float]:
+    """Centre (voxel coordinates) of the non-zero voxels of ``image`` (the brain, for a masked
+    scan); the grid's centre when it is all zero.
+
+    Example:
+        >>> import numpy as np
+        >>> img = np.zeros((10, 10, 10)); img[2:6, 4:8, 0:4] = 1.0
+        >>> image_centre(img)
+        (3.5, 5.5, 1.5)
+    """
+    nz = (np.asarray(image) != 0).astype(np.float32)
+    if not nz.any():
+        return tuple((n - 1) / 2 for n in np.shape(image))  # type: ignore[return-value]
+    idx = np.indices(nz.shape).reshape(3, -1)
+    return tuple(float(v) for v in (idx * nz.ravel()).sum(axis=1) / nz.sum())  # type: ignore[return-value]
+
+
+def largest_cluster_centre(amap: np.ndarray, threshold: float) -> tuple[float, float, float] | None:
+    """Centre (voxel coordinates) of the main cluster of ``amap > threshold``: the first of
+    :func:`neurocast.anomaly.maps.components` (largest excess over the threshold, weighted by
+    it), as the QA workflow uses; ``None`` when no voxel is above the threshold.
+
+    Scattered voxels elsewhere do not pull the centre off the cluster (a centre over all
+    supra-threshold voxels can fall between two findings, on neither).
+
+    Example:
+        >>> import numpy as np
+        >>> amap = np.zeros((30, 10, 10)); amap[2:8, 2:8, 2:8] = 1.0; amap[27, 5, 5] = 1.0
+        >>> [round(c) for c in largest_cluster_centre(amap, 0.5)]
+        [4, 4, 4]
+    """
+    from neurocast.anomaly.maps import components
+
+    found = components(np.asarray(amap, dtype=np.float32), threshold)
+    return found[0].centroid if found else None
+
+
 def overlay_png(
     image: np.ndarray,
     reconstruction: np.ndarray,
@@ -49,8 +86,8 @@ def overlay_png(
     Args:
         image, reconstruction, amap: ``(X, Y, Z)`` arrays on one grid (RAS+).
         threshold: anomaly values at or below it are not coloured (the calibrated voxel threshold).
-        centre: voxel the planes pass through (default: the brightest-weighted centre of the map
-            above ``threshold``, else the centre of the non-zero image).
+        centre: voxel the planes pass through (default: :func:`largest_cluster_centre` of the
+            map above ``threshold``, else :func:`image_centre`).
         upscale: pixels per voxel (nearest).
         cmap: matplotlib colour map of the overlay.
     """
@@ -60,15 +97,14 @@ def overlay_png(
     rec = np.asarray(reconstruction, dtype=np.float32)
     a = np.asarray(amap, dtype=np.float32)
     if centre is None:
-        above = np.where(a > threshold, a - threshold, 0.0)
-        w = above if above.any() else (img != 0).astype(np.float32)
-        if not w.any():
-            w = np.ones_like(img)
-        idx = np.indices(img.shape).reshape(3, -1)
-        centre = (idx * w.ravel()).sum(axis=1) / w.sum()
+        centre = largest_cluster_centre(a, threshold)
+        if centre is None:
+            centre = image_centre(img)
     c = [int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(centre, img.shape, strict=True)]
     nz = img[img != 0]
-    lo, hi = (float(np.percentile(nz, 1)), float(np.percentile(nz, 99.5))) if nz.size else (0.0, 1.0)
+    lo, hi = (
+        (float(np.percentile(nz, 1)), float(np.percentile(nz, 99.5))) if nz.size else (0.0, 1.0)
+    )
     vmax = float(a.max()) if a.max() > threshold else threshold + 1.0
     colours = matplotlib.colormaps[cmap]
     rows = []

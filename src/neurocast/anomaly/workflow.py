@@ -202,9 +202,11 @@ def in_source_orientation(img: Any, source: str | os.PathLike[str]) -> Any:
 
 
 def _figure_png(scan: Scan, result: AnomalyResult, threshold: float) -> bytes:
-    from neurocast.anomaly.overlay import overlay_png
+    from neurocast.anomaly.overlay import image_centre, overlay_png
 
-    centre = result.components[0].centroid if result.components else None
+    # through the main finding; on a scan without one, through the brain's centre (not through
+    # stray voxels above the threshold that post-processing dropped, often at the brain's edge)
+    centre = result.components[0].centroid if result.components else image_centre(scan.image)
     return overlay_png(
         scan.image, result.reconstruction, result.anomaly_map, threshold=threshold, centre=centre
     )

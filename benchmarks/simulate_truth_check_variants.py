@@ -2,7 +2,7 @@
 
 Runs on the work folder of ``benchmarks/simulate_truth_check.py`` (the simulated study and what
 ``neurocast register`` wrote for it). For every follow-up it takes the two aligned images that
-``register`` wrote (``desc-longitudinal_T1w``, 2 mm, template space), fits the non-linear
+``register`` wrote (``desc-longitudinal_T1w``, template space, ``--grid-spacing-mm``), fits the non-linear
 registration baseline -> follow-up again with each variant, and averages the fitted volume-change
 map over two label sets:
 
@@ -107,13 +107,16 @@ def main() -> None:
     ap.add_argument(
         "--pairs", default=None, help="comma-separated sub-XXX:ses-YYY (default: all follow-ups)"
     )
+    ap.add_argument(
+        "--grid-spacing-mm", type=float, default=2.0, help="the grid register used (default 2)"
+    )
     ap.add_argument("--csv", type=Path, default=None, help="also write the per-pair table here")
     args = ap.parse_args()
     variants = json.loads(args.variants)
     study, out = args.work / "study", args.work / "out"
     truth_dir = study / "derivatives" / "neurocast-truth"
     true_vol = pd.read_csv(truth_dir / "regional_volumes.tsv", sep="\t")
-    grid = working_grid(2.0)
+    grid = working_grid(args.grid_spacing_mm)
     atlas = load_atlas(grid)
     atlas_labels = np.asarray(atlas.labels.dataobj).astype(int)
     sources = {

@@ -16,6 +16,9 @@ Variants (JSON object, name -> options):
 * ``{"method": "registered"}``: no refit, the Jacobian map ``register`` wrote;
 * ``{"method": "svf", ...}``: :func:`neurocast.registration.svf.fit_velocity_field` with these
   keyword options (e.g. ``"field_factor": 1, "regularization": 0.05``);
+* ``{"method": "svf_symmetric", ...}``: the same fit both ways (baseline -> follow-up and back),
+  the velocities averaged in the log domain (``(v_forward - v_backward) / 2``, since the inverse
+  of ``exp(v)`` is ``exp(-v)``), so neither visit is the template of the other;
 * ``{"method": "ants", "iterations": [60, 40, 20]}``: ANTsPy's symmetric SyN (``SyNOnly``,
   cross-correlation radius 2, flow sigma 3, no total-field smoothing), the volume change taken as
   the Jacobian determinant of its inverse warp on the baseline grid;
@@ -83,6 +86,10 @@ def volume_change(
     if method == "svf":
         fit = fit_velocity_field(base, follow, mask=mask.astype(np.float32), **options)
         return volume_change_map(fit.velocity, shape=base.shape)[0, 0].numpy()
+    if method == "svf_symmetric":
+        forward = fit_velocity_field(base, follow, mask=mask.astype(np.float32), **options).velocity
+        backward = fit_velocity_field(follow, base, mask=mask.astype(np.float32), **options).velocity
+        return volume_change_map(0.5 * (forward - backward), shape=base.shape)[0, 0].numpy()
     if method == "ants":
         import ants
 

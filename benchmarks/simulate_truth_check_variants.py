@@ -23,7 +23,8 @@ Variants (JSON object, name -> options):
   cross-correlation radius 2, flow sigma 3, no total-field smoothing), the volume change taken as
   the Jacobian determinant of its inverse warp on the baseline grid;
 * ``"images": "clean"`` in any variant fits the simulator's clean template-space images (truth
-  ``desc-clean_T1w``, no acquisition effects) instead, on the truth labels only.
+  ``desc-clean_T1w``, no acquisition effects) instead, on the truth labels only; with
+  ``"blur_sigma": s`` both clean images are first blurred by a Gaussian of ``s`` voxels.
 
 Ratio = mean |measured - true| / mean |true| (the truth check's figure), slope = least-squares
 slope of measured on true change (1 = unbiased).
@@ -79,7 +80,11 @@ def volume_change(
     variant: dict, base: np.ndarray, follow: np.ndarray, mask: np.ndarray, jac_file: Path
 ) -> np.ndarray:
     """The variant's volume-change map (follow-up / baseline volume) on the baseline grid."""
-    options = {k: v for k, v in variant.items() if k not in ("method", "images", "iterations")}
+    options = {
+        k: v
+        for k, v in variant.items()
+        if k not in ("method", "images", "iterations", "blur_sigma")
+    }
     method = variant.get("method", "svf")
     if method == "registered":
         return np.asarray(nib.load(jac_file).dataobj, np.float64)
@@ -88,7 +93,9 @@ def volume_change(
         return volume_change_map(fit.velocity, shape=base.shape)[0, 0].numpy()
     if method == "svf_symmetric":
         forward = fit_velocity_field(base, follow, mask=mask.astype(np.float32), **options).velocity
-        backward = fit_velocity_field(follow, base, mask=mask.astype(np.float32), **options).velocity
+        backward = fit_velocity_field(
+            follow, base, mask=mask.astype(np.float32), **options
+        ).velocity
         return volume_change_map(0.5 * (forward - backward), shape=base.shape)[0, 0].numpy()
     if method == "ants":
         import ants
@@ -167,6 +174,9 @@ def main() -> None:
                     )
                 }
                 fit_mask = labels["truth"] > 0
+                if variant.get("blur_sigma"):  # Gaussian blur of both, in voxels
+                    sigma = float(variant["blur_sigma"])
+                    base, follow = (ndimage.gaussian_filter(x, sigma) for x in (base, follow))
             else:
                 base, follow = (
                     np.asarray(

@@ -44,11 +44,12 @@ def image_centre(image: np.ndarray) -> tuple[float, float, float]:
         >>> image_centre(img)
         (3.5, 5.5, 1.5)
     """
-    nz = (np.asarray(image) != 0).astype(np.float32)
+    from scipy import ndimage
+
+    nz = np.asarray(image) != 0
     if not nz.any():
-        return tuple((n - 1) / 2 for n in np.shape(image))  # type: ignore[return-value]
-    idx = np.indices(nz.shape).reshape(3, -1)
-    return tuple(float(v) for v in (idx * nz.ravel()).sum(axis=1) / nz.sum())  # type: ignore[return-value]
+        return tuple((n - 1) / 2 for n in nz.shape)  # type: ignore[return-value]
+    return tuple(float(v) for v in ndimage.center_of_mass(nz))  # type: ignore[return-value]
 
 
 def largest_cluster_centre(amap: np.ndarray, threshold: float) -> tuple[float, float, float] | None:

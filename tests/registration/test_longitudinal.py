@@ -96,6 +96,37 @@ def test_outputs_on_grids_and_qc(aligned, tmp_path):
     assert v.shape == (*al.field_grid.shape, 3)
 
 
+@pytest.mark.slow
+def test_shrinkage_between_visits_is_not_absorbed_by_the_rigid_step(shared_data):
+    """A follow-up whose head shrank by 6 % per axis keeps that shrinkage after alignment.
+
+    Each visit's template affine scales its own head to the template; the rigid step between
+    visits must not inherit that scaling, or the atrophy to be measured is cancelled.
+    """
+    from neurocast.io import load_image
+
+    img = load_image(shared_data / "ixi" / "IXI015-HH-1258-T1_ds.nii.gz")
+    d, a = downsample_blocks(img.get_fdata(dtype=np.float32), img.affine, (2, 2, 2))
+    centre = nib.affines.apply_affine(a, np.array(d.shape) / 2)
+    scale = 0.94
+    shrink = np.eye(4)
+    shrink[:3, :3] *= scale
+    shrink[:3, 3] = centre - scale * centre  # about the centre
+    d2 = resample(d, a, d.shape, a, np.linalg.inv(shrink))
+    al = align_subject(
+        {"ses-01": nib.Nifti1Image(d, a), "ses-02": nib.Nifti1Image(d2, a)},
+        grid=working_grid(4.0),
+        fit_velocity=False,
+    )
+    for s in al.sessions:
+        assert np.linalg.det(al.visit_to_midpoint[s][:3, :3]) == pytest.approx(1.0, abs=1e-3)
+    # one scaling for both visits, so the follow-up's anatomy reaches the template still shrunk:
+    # template -> visit 1 -> (the shrinkage) -> visit 2 -> template changes volume by scale**3
+    t1, t2 = (al.native_to_template[s] for s in al.sessions)
+    through = t2 @ shrink @ np.linalg.inv(t1)
+    assert np.linalg.det(through[:3, :3]) == pytest.approx(scale**3, rel=0.01)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="at least one"):
         align_subject({})

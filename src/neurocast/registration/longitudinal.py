@@ -8,8 +8,11 @@ that differences between visits are anatomy, not registration:
    native image, native brain mask and QC are kept; its affine serves as a starting point.
 2. **Rigid, visit to baseline**: each follow-up is registered rigidly to the baseline (Mattes
    mutual information on ~2 mm copies, 8-4-2 mm, both brain masks dilated by 4 mm), starting
-   from the two visits' template affines. Scanner and protocol changes between visits are
-   allowed for by the mutual information.
+   from the *rigid part* of the two visits' template affines (about the baseline brain's
+   centre). Each visit's own affine scales its brain to the template, so it absorbs part of that
+   visit's atrophy; starting from the full affines would carry that scaling into the result,
+   since ANTs keeps the initial transform in its output. Scanner and protocol changes between
+   visits are allowed for by the mutual information.
 3. **Midpoint space** (no visit privileged): with ``P_i`` the rigid map visit ``i`` ->
    baseline (``P_baseline = I``), the midpoint is their log-Euclidean mean
    ``M = expm(mean_i logm(P_i))`` and visit ``i`` goes to the midpoint by ``H_i = M^-1 P_i``
@@ -78,7 +81,13 @@ from neurocast.registration.preprocess import (
     template_similarity,
 )
 from neurocast.registration.template import TEMPLATE_NAME, Grid, working_grid
-from neurocast.registration.transforms import decompose, downsample_blocks, mean_transform, resample
+from neurocast.registration.transforms import (
+    decompose,
+    downsample_blocks,
+    mean_transform,
+    nearest_rigid,
+    resample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +211,15 @@ def _rigid_to_baseline(
 
     bd, ba, bm = low(base)
     vd, va, vm = low(visit)
-    init = np.linalg.inv(visit.native_to_template) @ base.native_to_template
+    # Start from the two visits' template affines, but only from their rigid part: ANTs keeps the
+    # initial transform in its output, so a scaling in it (each visit's affine absorbs some of its
+    # own atrophy) would pass into the "rigid" map and cancel part of the change to be measured.
+    bmask = np.asarray(base.native_brain_mask.dataobj) > 0
+    centre = nib.affines.apply_affine(
+        np.asarray(base.native_brain_mask.affine, float),
+        np.argwhere(bmask).mean(axis=0) if bmask.any() else (np.array(bmask.shape) - 1) / 2,
+    )
+    init = nearest_rigid(np.linalg.inv(visit.native_to_template) @ base.native_to_template, centre)
     stages = [
         _ants.Stage("Rigid", (100, 50, 25), (4, 2, 1), (2, 1, 0), gradient_step=0.1, sampling=0.3)
     ]

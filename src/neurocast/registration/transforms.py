@@ -363,14 +363,27 @@ def mean_transform(
     return out
 
 
-def nearest_rigid(matrix: np.ndarray) -> np.ndarray:
-    """The rigid matrix closest to ``matrix`` (rotation by polar decomposition, same translation)."""
+def nearest_rigid(matrix: np.ndarray, centre: Sequence[float] | None = None) -> np.ndarray:
+    """The rigid matrix closest to ``matrix``: its rotation by polar decomposition.
+
+    Args:
+        matrix: 4x4 affine (points -> points, mm).
+        centre: a point (mm) that the rigid matrix maps where ``matrix`` does, e.g. the brain's
+            centre, so that dropping the scaling does not shift the brain. Default: the origin
+            (the translation is kept as it is).
+
+    Returns:
+        4x4 rigid matrix (determinant 1).
+    """
     m = np.asarray(matrix, dtype=float).copy()
     u, _, vt = np.linalg.svd(m[:3, :3])
     r = u @ vt
     if np.linalg.det(r) < 0:
         u[:, -1] *= -1
         r = u @ vt
+    if centre is not None:
+        c = np.asarray(centre, dtype=float)
+        m[:3, 3] = m[:3, :3] @ c + m[:3, 3] - r @ c
     m[:3, :3] = r
     return m
 

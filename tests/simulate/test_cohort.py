@@ -228,6 +228,18 @@ def test_artefacts_are_recorded_with_severity_and_parameters(small_cohort):
     assert clean.artefact_severity.isna().all()
 
 
+def test_each_subject_draws_its_own_follow_up_acquisitions(small_cohort):
+    """Visit k of one subject and visit k of another get independent scanner settings.
+
+    (A loop variable once shadowed the subject index, so every subject's follow-ups shared one
+    draw: same noise, same protocol change, same artefact.)
+    """
+    visits = small_cohort.visits
+    for k, group in visits.groupby("visit_index"):
+        assert group.noise_sd_fraction.nunique() == len(group), f"visit {k}: noise shared"
+        assert group.head_rotation_deg.nunique() == len(group), f"visit {k}: pose shared"
+
+
 def test_same_seed_gives_identical_bytes(small_cohort, small_cohort_again):
     a, b = files_under(small_cohort.root), files_under(small_cohort_again.root)
     assert sorted(a) == sorted(b)

@@ -277,7 +277,7 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
             "tumour_volume_native_mm3": tumour_info.get("tumour_volume_native_mm3"),
             "oedema_volume_mm3": tumour_info.get("oedema_volume_mm3"),
         })
-        for index, name, group, composite, values in region_rows:
+        for label, name, group, composite, values in region_rows:
             base = float(base_counts[values].sum()) if len(values) else 0.0
             if base == 0:
                 continue
@@ -286,7 +286,7 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
                 "participant_id": subject.participant_id,
                 "session_id": f"ses-{ses}",
                 "time_years": _r(visit.time_years, 8),
-                "label": index,
+                "label": label,
                 "region": name,
                 "group": group,
                 "composite": composite,

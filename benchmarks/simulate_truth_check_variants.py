@@ -24,7 +24,9 @@ Variants (JSON object, name -> options):
   the Jacobian determinant of its inverse warp on the baseline grid;
 * ``"images": "clean"`` in any variant fits the simulator's clean template-space images (truth
   ``desc-clean_T1w``, no acquisition effects) instead, on the truth labels only; with
-  ``"blur_sigma": s`` both clean images are first blurred by a Gaussian of ``s`` voxels.
+  ``"blur_sigma": s`` both clean images are first blurred by a Gaussian of ``s`` voxels;
+* ``"noise_sd": s`` in any variant adds independent Gaussian noise of SD ``s`` times the white-matter
+  level (the 75th percentile inside the fitting mask) to both images before fitting (fixed seed).
 
 Ratio = mean |measured - true| / mean |true| (the truth check's figure), slope = least-squares
 slope of measured on true change (1 = unbiased).
@@ -83,7 +85,7 @@ def volume_change(
     options = {
         k: v
         for k, v in variant.items()
-        if k not in ("method", "images", "iterations", "blur_sigma")
+        if k not in ("method", "images", "iterations", "blur_sigma", "noise_sd")
     }
     method = variant.get("method", "svf")
     if method == "registered":
@@ -189,6 +191,15 @@ def main() -> None:
                 )
                 labels = {"truth": truth_labels, "atlas": atlas_labels}
                 fit_mask = mask
+            if variant.get("noise_sd"):  # ablation: how much image noise costs
+                rng = np.random.default_rng(0)
+                level = float(np.percentile(base[fit_mask > 0], 75))
+                base, follow = (
+                    (x + rng.normal(0.0, float(variant["noise_sd"]) * level, x.shape)).astype(
+                        np.float32
+                    )
+                    for x in (base, follow)
+                )
             t0 = time.perf_counter()
             jac = volume_change(variant, base, follow, fit_mask, jac_file)
             seconds = time.perf_counter() - t0

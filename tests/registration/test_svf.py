@@ -16,7 +16,12 @@ from neurocast.registration.deformation import (
     volume_change_map,
     warp,
 )
-from neurocast.registration.svf import VelocityFit, fit_velocity_field, global_ncc
+from neurocast.registration.svf import (
+    REGIONAL_CHANGE_REGULARIZATION,
+    VelocityFit,
+    fit_velocity_field,
+    global_ncc,
+)
 
 N = 32
 
@@ -86,6 +91,28 @@ def test_fit_recovers_the_volume_change(synthetic_pair: dict) -> None:
     # the fitted field reproduces the follow-up better than no field
     warped = warp(p["baseline"][None, None], fit.displacement((N, N, N)))[0, 0]
     assert global_ncc(warped, p["follow_up"], m) == pytest.approx(fit.ncc_after, abs=1e-4)
+
+
+def test_regional_setting_recovers_more_of_a_regional_change(synthetic_pair: dict) -> None:
+    """The weaker penalty ``register`` uses shrinks a region's measured change less."""
+    p = synthetic_pair
+    true = volume_change_map(p["v"])[0, 0]
+    shrink = true < 0.95
+    measured = {}
+    for reg in (0.3, REGIONAL_CHANGE_REGULARIZATION):
+        fit = fit_velocity_field(
+            p["baseline"], p["follow_up"], mask=p["mask"], levels=2, seed=0, regularization=reg
+        )
+        measured[reg] = float(fit.volume_change()[0, 0][shrink].mean()) - 1
+    target = float(true[shrink].mean()) - 1
+    assert abs(measured[REGIONAL_CHANGE_REGULARIZATION] - target) < abs(measured[0.3] - target)
+
+
+def test_register_defaults_to_the_regional_setting() -> None:
+    from neurocast.cli.registration_cmds import register
+
+    option = next(o for o in register.params if o.name == "regularization")
+    assert option.default == REGIONAL_CHANGE_REGULARIZATION
 
 
 def test_fit_is_deterministic(synthetic_pair: dict) -> None:

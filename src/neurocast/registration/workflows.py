@@ -228,12 +228,18 @@ def register_participant(
     *,
     grid_spacing_mm: float = 2.0,
     field_spacing_mm: float = 4.0,
+    regularization: float | None = None,
     skull_stripped: bool | None = None,
     seed: int = 0,
     work_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Align all sessions of one participant and measure change from the baseline.
+
+    ``regularization`` is the bending weight of the velocity fit; ``None`` means
+    :data:`~neurocast.registration.svf.REGIONAL_CHANGE_REGULARIZATION` (0.05), tuned for regional
+    volume change. Pass 0.3 (the fit's own default) for smoother voxel-wise Jacobian maps; the
+    figures of both are in :mod:`neurocast.registration.svf` ("Defaults").
 
     Writes per visit the image and brain mask in the shared within-subject template space and
     its transform; per follow-up the stationary velocity field (baseline -> visit), the
@@ -249,6 +255,7 @@ def register_participant(
     from neurocast.registration.atlas import load_atlas
     from neurocast.registration.deformation import volume_change_map
     from neurocast.registration.longitudinal import align_subject
+    from neurocast.registration.svf import REGIONAL_CHANGE_REGULARIZATION
     from neurocast.registration.template import TEMPLATE_NAME, working_grid
     from neurocast.registration.transforms import write_ants_affine
     from neurocast.registration.volumes import (
@@ -258,12 +265,15 @@ def register_participant(
         volumes_table,
     )
 
+    if regularization is None:
+        regularization = REGIONAL_CHANGE_REGULARIZATION
     sub = participant.participant_id
     sessions = {(s.label or "1"): s for s in participant.sessions}
     inputs = [s.t1w[0] for s in participant.sessions]
     params = {
         "step": "register", "grid_spacing_mm": grid_spacing_mm,
-        "field_spacing_mm": field_spacing_mm, "skull_stripped": skull_stripped,
+        "field_spacing_mm": field_spacing_mm, "regularization": regularization,
+        "skull_stripped": skull_stripped,
     }  # fmt: skip
     prov = {"inputs": inputs, "parameters": params, "seed": seed}
     qc_rel = f"{sub}/anat/{sub}_desc-longitudinal_qc.json"
@@ -276,6 +286,7 @@ def register_participant(
     al = align_subject(
         {k: s.t1w[0] for k, s in sessions.items()}, grid=grid, field_spacing_mm=field_spacing_mm,
         seed=seed, skull_stripped=skull_stripped, work_dir=work_dir, on_fail="report",
+        fit_options={"regularization": regularization},
     )  # fmt: skip
     res = f"{grid_spacing_mm:g}".replace(".", "p")
     fres = f"{field_spacing_mm:g}".replace(".", "p")
@@ -344,6 +355,7 @@ def register_dataset(
     session_label: Iterable[str] | None = None,
     grid_spacing_mm: float = 2.0,
     field_spacing_mm: float = 4.0,
+    regularization: float | None = None,
     skull_stripped: bool | None = None,
     seed: int = 0,
     work_dir: str | os.PathLike[str] | None = None,
@@ -355,15 +367,16 @@ def register_dataset(
     """Longitudinal registration of every selected participant (see :func:`register_participant`).
 
     Arguments as :func:`preprocess_dataset`, plus ``field_spacing_mm``, the spacing of the
-    velocity-field grid (a whole multiple of ``grid_spacing_mm``).
+    velocity-field grid (a whole multiple of ``grid_spacing_mm``), and ``regularization``, the
+    velocity fit's bending weight (see :func:`register_participant`).
     """
     writer, by_label = _open_dataset(bids_dir, output_dir, participant_label, session_label)
 
     def one(label: str) -> dict[str, Any]:
         return register_participant(
             by_label[label], writer, grid_spacing_mm=grid_spacing_mm,
-            field_spacing_mm=field_spacing_mm, skull_stripped=skull_stripped, seed=seed,
-            work_dir=work_dir, force=force,
+            field_spacing_mm=field_spacing_mm, regularization=regularization,
+            skull_stripped=skull_stripped, seed=seed, work_dir=work_dir, force=force,
         )  # fmt: skip
 
     return run_participants(

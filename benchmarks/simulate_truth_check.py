@@ -42,6 +42,13 @@ def main() -> None:
         help="velocity-field grid of neurocast register (default 4, as the CLI)",
     )
     ap.add_argument(
+        "--regularization",
+        type=float,
+        default=None,
+        help="velocity-fit penalty of neurocast register (default: register's own, "
+        "REGIONAL_CHANGE_REGULARIZATION)",
+    )
+    ap.add_argument(
         "--base-scans",
         type=Path,
         default=None,
@@ -49,6 +56,9 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("simulate_truth_check.md"))
     args = ap.parse_args()
+    from neurocast.registration.svf import REGIONAL_CHANGE_REGULARIZATION
+
+    reg = REGIONAL_CHANGE_REGULARIZATION if args.regularization is None else args.regularization
     study, out = args.work / "study", args.work / "out"
     t0 = time.perf_counter()
     if not (study / "participants.tsv").exists():
@@ -58,7 +68,8 @@ def main() -> None:
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "neurocast.cli.main", "register", str(study), str(out),
-                    "participant", "-q", "--seed", "0", "--field-spacing-mm", str(args.field_spacing_mm)],
+                    "participant", "-q", "--seed", "0", "--field-spacing-mm", str(args.field_spacing_mm),
+                    "--regularization", str(reg)],
                    check=False)  # fmt: skip
     t_reg = time.perf_counter() - t0
 
@@ -90,8 +101,10 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/simulate_truth_check.py --n-subjects {args.n_subjects} --seed {args.seed}"
         f" --field-spacing-mm {args.field_spacing_mm:g}"
+        f"{'' if args.regularization is None else f' --regularization {reg:g}'}"
         f"{' --base-scans ' + str(args.base_scans) if args.base_scans else ''}`; machine: {os.cpu_count()}-core CPU, "
         f"date {datetime.date.today().isoformat()}.",
+        f"`neurocast register` with `--field-spacing-mm {args.field_spacing_mm:g} --regularization {reg:g}`. "
         f"Simulation {t_sim:.0f} s, registration of {args.n_subjects} subjects {t_reg:.0f} s. "
         f"{len(both)} (follow-up, region) pairs.",
         "",

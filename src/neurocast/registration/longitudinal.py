@@ -33,9 +33,10 @@ that differences between visits are anatomy, not registration:
    grid), fitted on the unmasked images (so the brain's outline is free to move), with the
    common mask for normalisation and QC. Direction as in the project's contract:
    ``warp(baseline, integrate_velocity(v))`` reproduces the follow-up. The fit's own defaults are
-   used unless ``fit_options`` says otherwise (their choice, a trade between voxel-wise Jacobian
-   accuracy and regional volume change, is documented under "Defaults" in
-   :mod:`neurocast.registration.svf`).
+   used unless ``fit_options`` says otherwise; ``neurocast register`` passes
+   ``regularization=REGIONAL_CHANGE_REGULARIZATION``, tuned for regional volume change. The
+   trade between voxel-wise Jacobian accuracy and regional volume change is documented under
+   "Defaults" in :mod:`neurocast.registration.svf`.
 
 QC (:attr:`SubjectAlignment.qc`): each visit's preprocessing QC, the rigid motion between visits,
 the similarity of the average with the template, and per follow-up the NCC inside the common

@@ -27,6 +27,10 @@ that differences between visits are anatomy, not registration:
    The common brain mask is the voxel-wise majority of the visits' masks.
 6. **Consistent intensities**: each visit is divided by its white-matter peak measured inside the
    *common* mask on the grid (same voxels for every visit), clipped as in preprocessing.
+   Then the *differential* bias is removed: each visit is divided by its smooth intensity ratio to
+   the visits' mean, estimated in flat tissue away from edges
+   (:func:`~neurocast.registration.bias.correct_differential_bias`, ``differential_bias_mm``).
+   N4's residual differs between visits, and the non-linear fit would read it as anatomy.
 7. **Non-linear**: for each follow-up, a stationary velocity field baseline -> follow-up with
    :func:`neurocast.registration.svf.fit_velocity_field` on the grid ``field_spacing_mm`` (the
    image grid downsampled by ``round(field_spacing_mm / grid spacing)``, e.g. the 4 mm working
@@ -39,7 +43,8 @@ that differences between visits are anatomy, not registration:
    "Defaults" in :mod:`neurocast.registration.svf`.
 
 QC (:attr:`SubjectAlignment.qc`): each visit's preprocessing QC, the rigid motion between visits,
-the similarity of the average with the template, and per follow-up the NCC inside the common
+the similarity of the average with the template, the range of each visit's differential bias
+field, and per follow-up the NCC inside the common
 mask before (affine/rigid only) and after the non-linear alignment, and the share of folded voxels.
 
 Example:
@@ -65,6 +70,7 @@ import numpy as np
 
 from neurocast.errors import RegistrationFailedError
 from neurocast.registration import _ants
+from neurocast.registration.bias import DIFFERENTIAL_BIAS_SIGMA_MM, correct_differential_bias
 from neurocast.registration.preprocess import (
     MIN_SIMILARITY,
     REG_SPACING_MM,
@@ -244,6 +250,7 @@ def align_subject(
     mask_output: bool = True,
     fit_velocity: bool = True,
     fit_options: Mapping[str, Any] | None = None,
+    differential_bias_mm: float | None = DIFFERENTIAL_BIAS_SIGMA_MM,
 ) -> SubjectAlignment:
     """Align all visits of one subject (see the module docstring for the method).
 
@@ -260,6 +267,8 @@ def align_subject(
         fit_velocity: fit the velocity fields (``False``: affine/rigid alignment only).
         fit_options: extra keyword arguments for
             :func:`~neurocast.registration.svf.fit_velocity_field`.
+        differential_bias_mm: smoothing (mm) of the differential bias correction between the
+            aligned visits (:mod:`neurocast.registration.bias`); ``None`` switches it off.
 
     Returns:
         A :class:`SubjectAlignment`.
@@ -368,6 +377,17 @@ def align_subject(
     if not common.any():
         raise RegistrationFailedError(f"visits {sessions}: the common brain mask is empty")
     norm = {s: normalise_intensity(raw[s], common)[0] for s in sessions}
+    if differential_bias_mm is not None and len(sessions) > 1:
+        corrected, bias_fields = correct_differential_bias(
+            [norm[s] for s in sessions], common, grid.spacing_mm, sigma_mm=differential_bias_mm
+        )
+        norm = dict(zip(sessions, corrected, strict=True))
+        bias_range = {
+            s: [float(f[common].min()), float(f[common].max())]
+            for s, f in zip(sessions, bias_fields, strict=True)
+        }
+    else:
+        bias_range = {}
     average = np.mean([norm[s] for s in sessions], axis=0).astype(np.float32)
     seconds["resample"] = time.perf_counter() - t
 
@@ -438,6 +458,7 @@ def align_subject(
         "pairs": pairs,
         "visits": {s: pre[s].qc for s in sessions},
         "common_mask_volume_ml": float(common.sum() * grid.voxel_volume_mm3 / 1000.0),
+        "differential_bias_range": bias_range,
         "seconds": seconds,
         **{f"average_{k}": v for k, v in reg_info.items()},
     }
@@ -449,6 +470,7 @@ def align_subject(
         "skull_stripped": skull_stripped,
         "mask_output": mask_output,
         "fit_options": dict(fit_options or {}),
+        "differential_bias_mm": differential_bias_mm,
     }
     images = {
         s: grid.image((norm[s] * common if mask_output else norm[s]).astype(np.float32))

@@ -85,7 +85,9 @@ def correct_differential_bias(
         return [arrays[0].copy()], [np.ones(shape, np.float32)]
     spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
     mean = np.mean(arrays, axis=0)
-    inside = (np.asarray(mask) > 0) & (mean >= min_intensity) & np.all([a > 0 for a in arrays], axis=0)
+    inside = (
+        (np.asarray(mask) > 0) & (mean >= min_intensity) & np.all([a > 0 for a in arrays], axis=0)
+    )
     if not inside.any():
         raise ValueError("no brain tissue to estimate the differential bias from")
     grad = ndimage.gaussian_gradient_magnitude(mean, sigma=1.0)
@@ -99,7 +101,9 @@ def correct_differential_bias(
     for a in arrays:
         lr = np.clip(np.log(np.maximum(a, 1e-6)) - log_mean, -max_log_ratio, max_log_ratio)
         smooth = np.zeros(shape, np.float64)
-        smooth[known] = ndimage.gaussian_filter(w * lr, sigma_vox, mode="constant")[known] / norm[known]
+        smooth[known] = (
+            ndimage.gaussian_filter(w * lr, sigma_vox, mode="constant")[known] / norm[known]
+        )
         smooth[known] -= smooth[weight].mean()
         field = np.exp(smooth).astype(np.float32)
         fields.append(field)

@@ -44,8 +44,8 @@ that differences between visits are anatomy, not registration:
 
 QC (:attr:`SubjectAlignment.qc`): each visit's preprocessing QC, the rigid motion between visits,
 the similarity of the average with the template, the range of each visit's differential bias
-field, and per follow-up the NCC inside the common
-mask before (affine/rigid only) and after the non-linear alignment, and the share of folded voxels.
+field, and per follow-up the NCC inside the common mask before (affine/rigid only) and after the
+non-linear alignment, and the share of folded voxels.
 
 Example:
     >>> from neurocast.registration.longitudinal import align_subject  # doctest: +SKIP
@@ -67,6 +67,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from neurocast.errors import RegistrationFailedError
 from neurocast.registration import _ants
@@ -222,10 +223,8 @@ def _rigid_to_baseline(
     # initial transform in its output, so a scaling in it (each visit's affine absorbs some of its
     # own atrophy) would pass into the "rigid" map and cancel part of the change to be measured.
     bmask = np.asarray(base.native_brain_mask.dataobj) > 0
-    centre = nib.affines.apply_affine(
-        np.asarray(base.native_brain_mask.affine, float),
-        np.argwhere(bmask).mean(axis=0) if bmask.any() else (np.array(bmask.shape) - 1) / 2,
-    )
+    centre_vox = ndimage.center_of_mass(bmask) if bmask.any() else (np.array(bmask.shape) - 1) / 2
+    centre = nib.affines.apply_affine(np.asarray(base.native_brain_mask.affine, float), centre_vox)
     init = nearest_rigid(np.linalg.inv(visit.native_to_template) @ base.native_to_template, centre)
     stages = [
         _ants.Stage("Rigid", (100, 50, 25), (4, 2, 1), (2, 1, 0), gradient_step=0.1, sampling=0.3)

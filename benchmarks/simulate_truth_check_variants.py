@@ -9,7 +9,9 @@ map over two label sets:
 * ``truth``: the subject's own baseline labels from the simulator's truth, brought into the
   aligned space through the true native <-> template transform and the one ``register`` found
   (nearest neighbour), i.e. perfect labels;
-* ``atlas``: the template atlas, as ``register`` does.
+* ``atlas``: the template atlas (``register --atlas-labels template``);
+* ``subject``: the atlas fitted to the subject's baseline, as ``register`` does by default, when
+  its ``desc-subject_dseg`` is in the work folder.
 
 Variants (JSON object, name -> options):
 
@@ -190,6 +192,9 @@ def main() -> None:
                     for s in ("ses-bl", ses)
                 )
                 labels = {"truth": truth_labels, "atlas": atlas_labels}
+                fitted = sorted((out / sub).glob(f"**/{sub}_ses-bl_*desc-subject_dseg.nii.gz"))
+                if fitted:  # register's atlas fitted to the subject (--atlas-labels subject)
+                    labels["subject"] = np.asarray(nib.load(fitted[0]).dataobj).astype(int)
                 fit_mask = mask
             if variant.get("noise_sd"):  # ablation: how much image noise costs
                 rng = np.random.default_rng(0)

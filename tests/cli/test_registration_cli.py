@@ -6,11 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from neurocast.cli.main import cli
+from neurocast.registration.atlas import load_atlas
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,22 @@ def test_preprocess_then_register_real_scans(real_bids: Path, tmp_path: Path) ->
         ).read_text()
     )
     assert {i["path"].rsplit("/", 1)[-1] for i in side["Inputs"]} >= {"sub-ixi14_ses-bl_T1w.nii.gz"}
+    # the regions were fitted to this participant: its labels differ from the template atlas, yet
+    # every region is still there, inside the brain
+    labels = nib.load(
+        out
+        / "sub-ixi14/ses-bl/anat/sub-ixi14_ses-bl_space-MNI152NLin2009aSym_res-2_atlas-neurocast_desc-subject_dseg.nii.gz"
+    )
+    atlas = load_atlas()
+    subject, template = np.asarray(labels.dataobj), np.asarray(atlas.labels.dataobj)
+    assert subject.shape == template.shape and (subject != template).mean() > 0.01
+    assert set(np.unique(template)) == set(np.unique(subject))
+    base = pd.read_csv(
+        out / "sub-ixi14/anat/sub-ixi14_space-MNI152NLin2009aSym_desc-atlas_volumes.tsv", sep="\t"
+    )
+    hippo_ml = base.set_index("region").loc["Hippocampus", "volume_mm3"] / 1000
+    hippo_labels = atlas.regions.set_index("name").loc["Hippocampus", "source_labels"]
+    assert hippo_ml == pytest.approx(np.isin(subject, hippo_labels).sum() * 8 / 1000, rel=1e-6)
     run = CliRunner().invoke(
         cli,
         ["register", str(real_bids), str(out), "participant", "--participant-label", "ixi14", "-q"],

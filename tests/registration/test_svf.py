@@ -17,6 +17,7 @@ from neurocast.registration.deformation import (
     warp,
 )
 from neurocast.registration.svf import (
+    REGIONAL_CHANGE_RADIUS,
     REGIONAL_CHANGE_REGULARIZATION,
     VelocityFit,
     fit_velocity_field,
@@ -99,10 +100,11 @@ def test_regional_setting_recovers_more_of_a_regional_change(synthetic_pair: dic
     true = volume_change_map(p["v"])[0, 0]
     shrink = true < 0.95
     measured = {}
-    for reg in (0.3, REGIONAL_CHANGE_REGULARIZATION):
+    for reg, radius in ((0.3, 6), (REGIONAL_CHANGE_REGULARIZATION, REGIONAL_CHANGE_RADIUS)):
         fit = fit_velocity_field(
-            p["baseline"], p["follow_up"], mask=p["mask"], levels=2, seed=0, regularization=reg
-        )
+            p["baseline"], p["follow_up"], mask=p["mask"], levels=2, seed=0,
+            regularization=reg, radius=radius,
+        )  # fmt: skip
         measured[reg] = float(fit.volume_change()[0, 0][shrink].mean()) - 1
     target = float(true[shrink].mean()) - 1
     assert abs(measured[REGIONAL_CHANGE_REGULARIZATION] - target) < abs(measured[0.3] - target)

@@ -104,10 +104,18 @@ def preprocess(
 @click.option(
     "--regularization",
     type=click.FloatRange(0.0, 100.0),
-    default=0.05,
+    default=0.01,
     show_default=True,
     help="Bending weight of the velocity fit. The default is tuned for regional volume change; "
     "0.3 gives smoother voxel-wise Jacobian maps but shrinks the change of small structures.",
+)
+@click.option(
+    "--atlas-labels",
+    type=click.Choice(["subject", "template"]),
+    default="subject",
+    show_default=True,
+    help="Regions for the regional volume change: the atlas fitted to each participant's "
+    "baseline (affine + SyN, about 30 s more per participant), or the template atlas as it is.",
 )
 @click.option("--skull-stripped/--whole-head", default=None, help="Default: detected per scan.")
 @seed_option
@@ -123,6 +131,7 @@ def register(
     grid_spacing_mm: float,
     field_spacing_mm: float,
     regularization: float,
+    atlas_labels: str,
     skull_stripped: bool | None,
     seed: int,
     n_threads: int | None,
@@ -136,7 +145,8 @@ def register(
     """Align all sessions of each participant and measure change from the baseline.
 
     Writes per visit the aligned image, mask and transform; per follow-up the stationary velocity
-    field, the Jacobian (volume change) map and the regional volume change on the default atlas.
+    field, the Jacobian (volume change) map and the regional volume change on the default atlas,
+    fitted to the participant's baseline (written as its atlas-neurocast_desc-subject dseg).
     """
     from neurocast.registration.workflows import register_dataset
 
@@ -144,7 +154,8 @@ def register(
     summary = register_dataset(
         bids_dir, output_dir, participant_label=participant_label, session_label=session_label,
         grid_spacing_mm=grid_spacing_mm, field_spacing_mm=field_spacing_mm,
-        regularization=regularization, skull_stripped=skull_stripped, seed=seed,
+        regularization=regularization, atlas_labels=atlas_labels,
+        skull_stripped=skull_stripped, seed=seed,
         work_dir=work_dir, n_workers=n_workers,
         scheduler=dask_scheduler, progress=not quiet, force=force,
     )  # fmt: skip

@@ -131,7 +131,7 @@ def main() -> None:
         ).sum()
         lines.append(
             f"| {region} | {len(g)} | {g['true_change_pct'].mean():.2f} | {g['measured_change_pct'].mean():.2f} | "
-            f"{g['abs_diff_pct'].mean():.2f} | {ratio:.2f} | {slope:.2f} | {'yes' if ratio <= 0.10 else 'no'} |"
+            f"{g['abs_diff_pct'].mean():.2f} | {ratio:.3f} | {slope:.2f} | {'yes' if ratio <= 0.10 else 'no'} |"
         )
     lines += ["", "Per pair:", "", "```\n" + both.round(3).to_string(index=False) + "\n```"]
     notes = ""

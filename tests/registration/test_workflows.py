@@ -67,3 +67,43 @@ def test_outputs_qc_failure_and_resume(tmp_path: Path, stub) -> None:
     assert len(qc) == 3 and qc["passed"].all()
     assert not pd.read_csv(out / "logs" / "failures.tsv", sep="\t").shape[0]
     assert nib.load(str(anat / "sub-01_ses-bl_desc-brain_mask.nii.gz")).shape == (4, 4, 4)
+
+
+def test_register_names_the_participant_when_the_atlas_cannot_be_fitted(tmp_path, monkeypatch):
+    """A failed atlas fit fails that participant with a message naming the scan and the way out
+    (``--atlas-labels template``), which then measures on the template atlas."""
+    from types import SimpleNamespace
+
+    import neurocast.registration.longitudinal as longitudinal
+    import neurocast.registration.volumes as volumes
+    from neurocast.registration.template import working_grid
+    from neurocast.registration.workflows import register_dataset
+
+    grid = working_grid(2.0)
+
+    def fake_align(visits, **kwargs):
+        keys = list(visits)
+        image = grid.image(np.ones(grid.shape, np.float32))
+        mask = grid.image(np.ones(grid.shape, np.uint8))
+        return SimpleNamespace(
+            sessions=keys, baseline=keys[0], images=dict.fromkeys(keys, image),
+            masks=dict.fromkeys(keys, mask), native_to_template=dict.fromkeys(keys, np.eye(4)),
+            velocities={}, fits={}, qc={"passed": True},
+        )  # fmt: skip
+
+    def broken_fit(*args, **kwargs):
+        raise RuntimeError("antsRegistration failed with exit code 1")
+
+    monkeypatch.setattr(longitudinal, "align_subject", fake_align)
+    monkeypatch.setattr(volumes, "atlas_to_subject", broken_fit)
+    root = make_bids(tmp_path / "ds", {"01": ["bl"]})
+    out = tmp_path / "out"
+    summary = register_dataset(root, out, progress=False)
+    assert (summary.n_done, summary.n_failed) == (0, 1)
+    error = pd.read_csv(out / "logs" / "failures.tsv", sep="\t")["error"][0]
+    assert "sub-01" in error and "sub-01_ses-bl_T1w.nii.gz" in error
+    assert "--atlas-labels template" in error
+    summary = register_dataset(root, out, progress=False, atlas_labels="template")
+    assert (summary.n_done, summary.n_failed) == (1, 0)
+    volumes_tsv = out / "sub-01" / "anat" / "sub-01_space-MNI152NLin2009aSym_desc-atlas_volumes.tsv"
+    assert pd.read_csv(volumes_tsv, sep="\t")["volume_mm3"].gt(0).any()

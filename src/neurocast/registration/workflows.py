@@ -249,7 +249,8 @@ def register_participant(
     ``atlas_labels`` says where the regions come from: ``"subject"`` (default) fits the atlas to
     the subject's aligned baseline (:func:`~neurocast.registration.volumes.atlas_to_subject`,
     about 30 s more per participant) and writes those labels
-    (the baseline's ``atlas-neurocast_desc-subject_dseg``); ``"template"`` uses the template atlas as it is.
+    (the baseline's ``atlas-neurocast_desc-subject_dseg``); ``"template"`` uses the template
+    atlas as it is.
     On the simulated truth check the subject's labels brought the hippocampal change from 0.19 to
     0.16 of the true change (``benchmarks/simulate_truth_check.md``).
 
@@ -312,9 +313,17 @@ def register_participant(
     base_ses = sessions[base_label]
     if atlas_labels == "subject":
         atlas_name = atlas.source.get("name", "default")
-        labels = atlas_to_subject(
-            al.images[base_label], al.masks[base_label], atlas, seed=seed, work_dir=work_dir
-        )
+        try:
+            labels = atlas_to_subject(
+                al.images[base_label], al.masks[base_label], atlas, seed=seed, work_dir=work_dir
+            )
+        except (RuntimeError, ValueError) as err:
+            from neurocast.errors import RegistrationFailedError
+
+            raise RegistrationFailedError(
+                f"{sub}: fitting the atlas to the baseline {base_ses.t1w[0]} failed ({err}); "
+                "--atlas-labels template measures on the template atlas instead"
+            ) from err
         writer.write_nifti(
             f"{_anat_dir(participant, base_ses)}/{_prefix(participant, base_ses)}_{space}_"
             f"res-{res}_atlas-{atlas_name}_desc-subject_dseg.nii.gz", labels, **prov,

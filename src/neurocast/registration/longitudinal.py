@@ -38,7 +38,8 @@ that differences between visits are anatomy, not registration:
    common mask for normalisation and QC. Direction as in the project's contract:
    ``warp(baseline, integrate_velocity(v))`` reproduces the follow-up. The fit's own defaults are
    used unless ``fit_options`` says otherwise; ``neurocast register`` passes
-   ``regularization=REGIONAL_CHANGE_REGULARIZATION``, tuned for regional volume change. The
+   ``regularization=REGIONAL_CHANGE_REGULARIZATION`` and ``radius=REGIONAL_CHANGE_RADIUS``,
+   tuned for regional volume change. The
    trade between voxel-wise Jacobian accuracy and regional volume change is documented under
    "Defaults" in :mod:`neurocast.registration.svf`.
 

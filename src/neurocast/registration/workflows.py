@@ -243,8 +243,9 @@ def register_participant(
     ``regularization`` is the bending weight of the velocity fit; ``None`` means
     :data:`~neurocast.registration.svf.REGIONAL_CHANGE_REGULARIZATION` (0.01, with the LNCC radius
     :data:`~neurocast.registration.svf.REGIONAL_CHANGE_RADIUS`), tuned for regional
-    volume change. Pass 0.3 (the fit's own default) for smoother voxel-wise Jacobian maps; the
-    figures of both are in :mod:`neurocast.registration.svf` ("Defaults").
+    volume change. Pass 0.3 (the fit's own default penalty; the window stays at radius 4) for
+    smoother voxel-wise Jacobian maps; the figures of both are in
+    :mod:`neurocast.registration.svf` ("Defaults").
 
     ``atlas_labels`` says where the regions come from: ``"subject"`` (default) fits the atlas to
     the subject's aligned baseline (:func:`~neurocast.registration.volumes.atlas_to_subject`,

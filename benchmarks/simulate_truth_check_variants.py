@@ -27,6 +27,15 @@ Variants (JSON object, name -> options):
 * ``"images": "clean"`` in any variant fits the simulator's clean template-space images (truth
   ``desc-clean_T1w``, no acquisition effects) instead, on the truth labels only; with
   ``"blur_sigma": s`` both clean images are first blurred by a Gaussian of ``s`` voxels;
+* ``"images": "roundtrip"`` fits the clean images after a trip through each visit's scanner grid
+  and back, nothing else (no noise, bias, contrast or head-pose error): each clean image is read on
+  the visit's raw-image grid through the true template -> native transform
+  (:func:`neurocast.simulate.acquisition.sample_voxel_average` with ``"samples_per_axis": n``,
+  default 2 as the simulator; 1 = the voxel centre only), then resampled back onto the template
+  grid (trilinear), on the truth labels only. It isolates what the native resolution costs;
+* ``"denoise": "Rician"`` (or ``"Gaussian"``) in any variant denoises both images first with ANTs'
+  non-local means (``ants.denoise_image``) inside the fitting mask; ``"pre_sigma": s`` smooths
+  both with a Gaussian of ``s`` voxels (neither helped, 2026-12-05);
 * ``"noise_sd": s`` in any variant adds independent Gaussian noise of SD ``s`` times the white-matter
   level (the 75th percentile inside the fitting mask) to both images before fitting (fixed seed).
 
@@ -80,17 +89,56 @@ def truth_labels_on_grid(study: Path, out: Path, sub: str, grid) -> np.ndarray:
     return ndimage.map_coordinates(np.asarray(labels.dataobj), xyz, order=0).reshape(grid.shape)
 
 
+def scanner_round_trip(
+    clean: nib.Nifti1Image,
+    raw: nib.Nifti1Image,
+    template_to_native: np.ndarray,
+    samples_per_axis: int,
+) -> np.ndarray:
+    """A template-space image read on a raw image's grid (as the simulator does) and back."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from neurocast.simulate.acquisition import sample_voxel_average, sampling_grid
+
+    acq = SimpleNamespace(
+        native_to_template=np.linalg.inv(template_to_native),
+        native_affine=raw.affine,
+        native_shape=raw.shape[:3],
+    )
+    data = np.asarray(clean.dataobj, np.float32)
+    with torch.no_grad():
+        grid = sampling_grid(data.shape, clean.affine, acq)  # type: ignore[arg-type]
+        native = sample_voxel_average(data, grid, samples_per_axis).numpy()
+    m = np.linalg.inv(raw.affine) @ template_to_native @ clean.affine
+    xyz = m[:3, :3] @ np.indices(data.shape).reshape(3, -1) + m[:3, 3:4]
+    return ndimage.map_coordinates(native, xyz, order=1).reshape(data.shape).astype(np.float32)
+
+
 def volume_change(
-    variant: dict, base: np.ndarray, follow: np.ndarray, mask: np.ndarray, jac_file: Path
+    variant: dict, base: np.ndarray, follow: np.ndarray, mask: np.ndarray, jac_file: Path | None
 ) -> np.ndarray:
     """The variant's volume-change map (follow-up / baseline volume) on the baseline grid."""
     options = {
         k: v
         for k, v in variant.items()
-        if k not in ("method", "images", "iterations", "blur_sigma", "noise_sd")
+        if k
+        not in (
+            "method",
+            "images",
+            "iterations",
+            "blur_sigma",
+            "noise_sd",
+            "samples_per_axis",
+            "denoise",
+            "pre_sigma",
+        )
     }
     method = variant.get("method", "svf")
     if method == "registered":
+        if jac_file is None:
+            raise ValueError('"method": "registered" reads what register wrote, not clean images')
         return np.asarray(nib.load(jac_file).dataobj, np.float64)
     if method == "svf":
         fit = fit_velocity_field(base, follow, mask=mask.astype(np.float32), **options)
@@ -151,25 +199,28 @@ def main() -> None:
 
     rows = []
     for sub, ses in pairs:
-        truth_labels = truth_labels_on_grid(study, out, sub, grid)
-        mask = (
-            np.asarray(
-                nib.load(_one(out / sub, f"**/{sub}_ses-bl_*desc-brain_mask.nii.gz")).dataobj
-            )
-            > 0
-        )
-        jac_file = _one(out / sub, f"**/{sub}_{ses}_*desc-jacobian_map.nii.gz")
         for name, variant in variants.items():
-            clean = variant.get("images") == "clean"
-            if clean:
+            if variant.get("images") in ("clean", "roundtrip"):
                 folder = truth_dir / sub
-                base, follow = (
-                    np.asarray(
-                        nib.load(_one(folder / s / "anat", "*desc-clean_T1w.nii.gz")).dataobj,
-                        np.float32,
-                    )
+                jac_file = None
+                cleans = {
+                    s: nib.load(_one(folder / s / "anat", "*desc-clean_T1w.nii.gz"))
                     for s in ("ses-bl", ses)
-                )
+                }
+                if variant["images"] == "roundtrip":
+                    base, follow = (
+                        scanner_round_trip(
+                            cleans[s],
+                            nib.load(_one(study / sub / s / "anat", f"{sub}_{s}_*T1w.nii.gz")),
+                            read_ants_affine(_one(folder / s / "anat", "*mode-image_xfm.mat")),
+                            int(variant.get("samples_per_axis", 2)),
+                        )
+                        for s in ("ses-bl", ses)
+                    )
+                else:
+                    base, follow = (
+                        np.asarray(cleans[s].dataobj, np.float32) for s in ("ses-bl", ses)
+                    )
                 labels = {
                     "truth": np.asarray(
                         nib.load(
@@ -181,7 +232,17 @@ def main() -> None:
                 if variant.get("blur_sigma"):  # Gaussian blur of both, in voxels
                     sigma = float(variant["blur_sigma"])
                     base, follow = (ndimage.gaussian_filter(x, sigma) for x in (base, follow))
-            else:
+            else:  # what register wrote (needs its outputs in WORK/out)
+                truth_labels = truth_labels_on_grid(study, out, sub, grid)
+                mask = (
+                    np.asarray(
+                        nib.load(
+                            _one(out / sub, f"**/{sub}_ses-bl_*desc-brain_mask.nii.gz")
+                        ).dataobj
+                    )
+                    > 0
+                )
+                jac_file = _one(out / sub, f"**/{sub}_{ses}_*desc-jacobian_map.nii.gz")
                 base, follow = (
                     np.asarray(
                         nib.load(
@@ -196,6 +257,22 @@ def main() -> None:
                 if fitted:  # register's atlas fitted to the subject (--atlas-labels subject)
                     labels["subject"] = np.asarray(nib.load(fitted[0]).dataobj).astype(int)
                 fit_mask = mask
+            if variant.get("denoise"):  # ANTs non-local means on both images, inside the fit mask
+                import ants
+
+                ants_mask = ants.from_numpy((fit_mask > 0).astype(np.float32))
+                base, follow = (
+                    ants.denoise_image(
+                        ants.from_numpy(x), ants_mask, noise_model=str(variant["denoise"])
+                    )
+                    .numpy()
+                    .astype(np.float32)
+                    for x in (base, follow)
+                )
+            if variant.get("pre_sigma"):  # Gaussian smoothing of both images, in voxels
+                base, follow = (
+                    ndimage.gaussian_filter(x, float(variant["pre_sigma"])) for x in (base, follow)
+                )
             if variant.get("noise_sd"):  # ablation: how much image noise costs
                 rng = np.random.default_rng(0)
                 level = float(np.percentile(base[fit_mask > 0], 75))

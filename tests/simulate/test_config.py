@@ -38,6 +38,8 @@ def test_default_hippocampal_rates_are_the_published_ones():
         {"native_voxel_sizes": ((1.0, 1.0),)},
         {"orientations": ("RRA",)},
         {"n_jobs": 0},
+        {"partial_volume_samples": 0},
+        {"partial_volume_samples": 1.5},
     ],
 )
 def test_invalid_values_are_refused(changes):

@@ -147,7 +147,9 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
   coefficients uniform in +-``bias_field_max_coefficient``) and Rician noise (SD a fraction of
   white matter drawn from ``noise_fraction_range``). The head (brain plus shell) is resampled
   into the scanner grid, whose field of view covers the head: images are *not* in template space,
-  so preprocessing is exercised. Stored as int16. The true ``native_to_template`` 4x4 matrix of
+  so preprocessing is exercised. Each native voxel is the mean of the anatomy over the voxel
+  (``partial_volume_samples`` sub-voxels per axis, trilinear at their centres), as a real voxel
+  records its whole extent; noise is added per native voxel after this. Stored as int16. The true ``native_to_template`` 4x4 matrix of
   every visit is in the truth (JSON, and an ANTs ``.mat`` in image mode).
 
 Outputs
@@ -214,6 +216,7 @@ hazard_log_ratio                   rate_sd 0.53, apoe4 0.35, age_decade 0.18,  J
 native_voxel_sizes                 1.5 iso, 1.3x1.3x2, 1.6 iso, 1.2x1.2x1.8    modest for speed (see field doc)
 orientations                       RAS, LPS, PSR, LAS, LIP                     variety on purpose
 protocol_change_probability        0.15                                        assumption
+partial_volume_samples             2 (8 points per voxel)                      voxel averaging, as BrainWeb (Kwan 1999)
 rotation_sd_degrees                3.0                                         assumption
 translation_sd_mm                  5.0                                         assumption
 skull_stripped_fraction            0.25                                        assumption

@@ -224,6 +224,47 @@ def sample(volume: np.ndarray | torch.Tensor, grid: torch.Tensor, mode: str = "b
     return F.grid_sample(vol, grid, mode=mode, padding_mode="zeros", align_corners=True)[0, 0]
 
 
+def sample_voxel_average(volume: np.ndarray | torch.Tensor, grid: torch.Tensor, samples_per_axis: int = 2) -> torch.Tensor:
+    """Each native voxel as the mean of the volume over the voxel (the partial-volume effect).
+
+    A scanner's voxel records the signal of its whole extent, not of its centre. Each voxel is
+    split into ``samples_per_axis ** 3`` equal sub-voxels and the volume is read (trilinear)
+    at their centres and averaged, as the BrainWeb simulator does (Kwan et al. 1999). Point
+    sampling (``samples_per_axis=1``) of the simulator's 2 mm anatomy gives every voxel a
+    smoothing that depends on where it falls between the anatomy's grid nodes, so two visits in
+    different head poses differ by more than their anatomy (see ``benchmarks/simulate_truth_check.md``).
+
+    Args:
+        volume: (X, Y, Z) template-space volume.
+        grid: the visit's :func:`sampling_grid`, (1, x, y, z, 3); its voxel steps are read off it.
+        samples_per_axis: sub-voxels per axis (1 = the voxel centre only).
+
+    Returns:
+        (x, y, z) float32 tensor on the native grid; zero outside the volume.
+    """
+    n = int(samples_per_axis)
+    if n < 1:
+        raise ValueError(f"samples_per_axis must be >= 1, got {samples_per_axis}")
+    if n == 1:
+        return sample(volume, grid)
+    g = grid[0]
+    # the grid is affine in the native voxel index, so one voxel step along axis a is a constant
+    steps = [
+        (g[1, 0, 0] - g[0, 0, 0]) if g.shape[0] > 1 else torch.zeros(3),
+        (g[0, 1, 0] - g[0, 0, 0]) if g.shape[1] > 1 else torch.zeros(3),
+        (g[0, 0, 1] - g[0, 0, 0]) if g.shape[2] > 1 else torch.zeros(3),
+    ]
+    offsets = (np.arange(n) + 0.5) / n - 0.5  # sub-voxel centres, in voxels
+    vol = torch.as_tensor(np.asarray(volume, dtype=np.float32))[None, None]
+    total = torch.zeros(grid.shape[1:4], dtype=torch.float32)
+    for a in offsets:
+        for b in offsets:
+            for c in offsets:
+                shift = float(a) * steps[0] + float(b) * steps[1] + float(c) * steps[2]
+                total += F.grid_sample(vol, grid + shift, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
+    return total / n**3
+
+
 def resample_to_native(
     volume: np.ndarray | torch.Tensor,
     volume_affine: np.ndarray,
@@ -325,4 +366,5 @@ __all__ = [
     "orientation_matrix",
     "resample_to_native",
     "rotation_matrix",
+    "sample_voxel_average",
 ]

@@ -186,7 +186,7 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
         acq = acqm.draw_visit_acquisition(seed, index, k, scanner, head.centre_mm, head.outline_mm, config)
         canvas = head.compose(img)
         grid = acqm.sampling_grid(head.canvas_shape, head.canvas_affine, acq)
-        native = acqm.sample(canvas, grid)
+        native = acqm.sample_voxel_average(canvas, grid, config.partial_volume_samples)
         artefact = anom.draw_artefact(seed, index, k, config)
         stored = acqm.apply_intensities(native, acq, anatomy.white_matter, artefact)
         raw = acqm.native_image(stored, acq)

@@ -288,6 +288,11 @@ class SimulationConfig:
     """Stored voxel-axis orientations (nibabel axis codes), one per subject's scanner."""
     protocol_change_probability: float = 0.15
     """Probability that a follow-up visit uses another protocol (scanner upgrade)."""
+    partial_volume_samples: int = 2
+    """Sub-voxels per axis over which each native voxel averages the anatomy (the partial-volume
+    effect of a voxel's finite extent, as in BrainWeb): 2 reads 8 points per voxel; 1 reads the
+    voxel centre only (the simulator before 2026-12-05), which makes the images of two head poses
+    differ by more than their anatomy (:func:`neurocast.simulate.acquisition.sample_voxel_average`)."""
     rotation_sd_degrees: float = 3.0
     """SD of the head rotation about each axis per visit (oblique positioning); clipped at 3 SD."""
     translation_sd_mm: float = 5.0
@@ -380,6 +385,8 @@ class SimulationConfig:
             for dx, r in self.annual_rates[g].items():
                 if dx not in DIAGNOSES or not -50 < r < 50:
                     raise ValueError(f"annual_rates[{g!r}][{dx!r}] = {r} is out of range")
+        if not isinstance(self.partial_volume_samples, int) or not 1 <= self.partial_volume_samples <= 4:
+            raise ValueError(f"partial_volume_samples must be an integer from 1 to 4, got {self.partial_volume_samples!r}")
         if not self.native_voxel_sizes or any(
             len(v) != 3 or min(v) <= 0 or max(v) > 8 for v in self.native_voxel_sizes
         ):

@@ -149,8 +149,9 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
   into the scanner grid, whose field of view covers the head: images are *not* in template space,
   so preprocessing is exercised. Each native voxel is the mean of the anatomy over the voxel
   (``partial_volume_samples`` sub-voxels per axis, trilinear at their centres), as a real voxel
-  records its whole extent; noise is added per native voxel after this. Stored as int16. The true ``native_to_template`` 4x4 matrix of
-  every visit is in the truth (JSON, and an ANTs ``.mat`` in image mode).
+  records its whole extent; noise is added per native voxel after this. Stored as int16. The
+  true ``native_to_template`` 4x4 matrix of every visit is in the truth (JSON, and an ANTs
+  ``.mat`` in image mode).
 
 Outputs
 =======

@@ -241,6 +241,10 @@ def sample_voxel_average(volume: np.ndarray | torch.Tensor, grid: torch.Tensor, 
 
     Returns:
         (x, y, z) float32 tensor on the native grid; zero outside the volume.
+
+    Example:
+        >>> grid = sampling_grid(canvas.shape, canvas_affine, acquisition)  # doctest: +SKIP
+        >>> native = sample_voxel_average(canvas, grid, 2)  # 8 points per voxel  # doctest: +SKIP
     """
     n = int(samples_per_axis)
     if n < 1:

@@ -65,7 +65,7 @@ from neurocast.registration.atlas import load_atlas, parse_labels
 from neurocast.registration.deformation import volume_change_map
 from neurocast.registration.svf import fit_velocity_field
 from neurocast.registration.template import working_grid
-from neurocast.registration.transforms import read_ants_affine
+from neurocast.registration.transforms import read_ants_affine, resample
 
 REGIONS = ("Hippocampus", "Lateral-Ventricles")
 
@@ -83,10 +83,10 @@ def truth_labels_on_grid(study: Path, out: Path, sub: str, grid) -> np.ndarray:
     labels = nib.load(_one(truth, "*atlas-neurocast_dseg.nii.gz"))
     true_t2n = read_ants_affine(_one(truth, "*mode-image_xfm.mat"))
     found_t2n = read_ants_affine(_one(out / sub, f"**/{sub}_ses-bl_*desc-longitudinal_xfm.mat"))
-    m = np.linalg.inv(labels.affine) @ np.linalg.inv(true_t2n) @ found_t2n @ grid.affine
-    ijk = np.indices(grid.shape).reshape(3, -1)
-    xyz = m[:3, :3] @ ijk + m[:3, 3:4]
-    return ndimage.map_coordinates(np.asarray(labels.dataobj), xyz, order=0).reshape(grid.shape)
+    return resample(
+        np.asarray(labels.dataobj), labels.affine, grid.shape, grid.affine,
+        np.linalg.inv(true_t2n) @ found_t2n, order=0,
+    )  # fmt: skip
 
 
 def scanner_round_trip(
@@ -111,9 +111,7 @@ def scanner_round_trip(
     with torch.no_grad():
         grid = sampling_grid(data.shape, clean.affine, acq)  # type: ignore[arg-type]
         native = sample_voxel_average(data, grid, samples_per_axis).numpy()
-    m = np.linalg.inv(raw.affine) @ template_to_native @ clean.affine
-    xyz = m[:3, :3] @ np.indices(data.shape).reshape(3, -1) + m[:3, 3:4]
-    return ndimage.map_coordinates(native, xyz, order=1).reshape(data.shape).astype(np.float32)
+    return resample(native, raw.affine, data.shape, clean.affine, template_to_native, order=1)
 
 
 def volume_change(

@@ -55,6 +55,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import scipy.ndimage as ndi
 
 HERE = Path(__file__).resolve().parent
 DATA = (
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from neurocast.anomaly import AnomalyDetector
     from neurocast.anomaly.calibration import voxel_threshold_from_maps
-    from neurocast.anomaly.maps import components, eroded_mask, threshold_map
+    from neurocast.anomaly.maps import eroded_mask, threshold_map
     from neurocast.anomaly.model import native_map
     from neurocast.anomaly.scores import lesion_score
     from neurocast.registration.template import working_grid
@@ -545,24 +546,26 @@ def main(argv: list[str] | None = None) -> int:
             r = det.score(scan)
             key = f"real_{name}" + (f"_prior-{prior}" if prior else "")
             mimg = real_tumour_image(name.replace("Scan_T1", "Mask"), tuple(args.tumour_voxel_mm))
-            truth = np.asarray(mimg.dataobj) > 0
+            # the scan's native grid is the input reoriented to RAS+ (same world, other voxel
+            # order), so the truth is brought onto it through world coordinates
+            truth = resample(np.asarray(mimg.dataobj, np.float32), mimg.affine, scan.native_shape,
+                             scan.native_affine, order=0) > 0  # fmt: skip
             nmask = resample(r.mask.astype(np.float32), scan.grid.affine, scan.native_shape,
                              scan.native_affine, scan.native_to_template, order=1) > 0.5  # fmt: skip
-            comps = components(r.anomaly_map, cal.voxel_threshold, min_voxels=min_vox, voxel_volume_mm3=vv)
-            overlap = False
-            if comps:
-                lab = threshold_map(r.anomaly_map, cal.voxel_threshold, min_vox)
-                import scipy.ndimage as ndi
-
-                lab_id, _ = ndi.label(lab)
-                c = np.round(comps[0].centroid).astype(int)
-                cid = lab_id[tuple(c)] if lab_id[tuple(c)] else np.bincount(lab_id[lab_id > 0]).argmax()
-                big = resample((lab_id == cid).astype(np.float32), scan.grid.affine, scan.native_shape,
-                               scan.native_affine, scan.native_to_template, order=1) > 0.5  # fmt: skip
-                overlap = bool((big & truth).any())
+            truth_tmpl = resample(truth.astype(np.float32), scan.native_affine, scan.grid.shape, scan.grid.affine,
+                                  np.linalg.inv(scan.native_to_template), order=1) > 0.5  # fmt: skip
+            overlap, largest_ml = False, 0.0
+            lab_id, n_lab = ndi.label(threshold_map(r.anomaly_map, cal.voxel_threshold, min_vox))
+            if n_lab:  # the largest cluster as `components` orders them: by mass above threshold
+                ids = np.arange(1, n_lab + 1)
+                mass = ndi.sum(np.where(lab_id > 0, r.anomaly_map - cal.voxel_threshold, 0.0), lab_id, ids)
+                big = lab_id == ids[int(np.argmax(mass))]
+                largest_ml = float(big.sum() * vv / 1000)
+                overlap = bool((big & truth_tmpl).any())
             res[key] = {"flag": r.flag, "lesion_percentile": r.lesion_percentile,
-                        "dice_native": dice(nmask, truth), "largest_cluster_overlaps": overlap,
-                        "truth_ml": float(truth.sum() * abs(np.linalg.det(mimg.affine[:3, :3])) / 1000)}  # fmt: skip
+                        "dice_native": dice(nmask, truth), "dice_template": dice(r.mask, truth_tmpl),
+                        "largest_cluster_overlaps": overlap, "largest_cluster_ml": largest_ml,
+                        "truth_ml": float(truth.sum() * abs(np.linalg.det(scan.native_affine[:3, :3])) / 1000)}  # fmt: skip
             _ = native_map  # the workflow writes it; here the mask is enough
 
     # speed: preprocessing (+ IQMs) of the visit + scoring

@@ -36,6 +36,8 @@ Variants (JSON object, name -> options):
 * ``"denoise": "Rician"`` (or ``"Gaussian"``) in any variant denoises both images first with ANTs'
   non-local means (``ants.denoise_image``) inside the fitting mask; ``"pre_sigma": s`` smooths
   both with a Gaussian of ``s`` voxels (neither helped, 2026-12-05);
+* ``"mask": "common"`` fits with ``register``'s mask (the majority of the visits' own masks, so
+  the refit reproduces ``register``'s fit); by default the baseline's own mask;
 * ``"noise_sd": s`` in any variant adds independent Gaussian noise of SD ``s`` times the white-matter
   level (the 75th percentile inside the fitting mask) to both images before fitting (fixed seed).
 
@@ -129,6 +131,7 @@ def volume_change(
             "blur_sigma",
             "noise_sd",
             "samples_per_axis",
+            "mask",
             "denoise",
             "pre_sigma",
         )
@@ -175,6 +178,9 @@ def main() -> None:
         "--grid-spacing-mm", type=float, default=2.0, help="the grid register used (default 2)"
     )
     ap.add_argument("--csv", type=Path, default=None, help="also write the per-pair table here")
+    ap.add_argument(
+        "--regions", nargs="+", default=list(REGIONS), help="atlas regions (default: the issue's two)"
+    )
     args = ap.parse_args()
     variants = json.loads(args.variants)
     study, out = args.work / "study", args.work / "out"
@@ -187,12 +193,12 @@ def main() -> None:
         r: list(
             parse_labels(atlas.regions.loc[atlas.regions["name"] == r, "source_labels"].iloc[0])
         )
-        for r in REGIONS
+        for r in args.regions
     }
     if args.pairs:
         pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
     else:
-        fu = true_vol[(true_vol["region"] == REGIONS[0]) & (true_vol["session_id"] != "ses-bl")]
+        fu = true_vol[(true_vol["region"] == args.regions[0]) & (true_vol["session_id"] != "ses-bl")]
         pairs = list(zip(fu["participant_id"], fu["session_id"], strict=True))
 
     rows = []
@@ -232,14 +238,21 @@ def main() -> None:
                     base, follow = (ndimage.gaussian_filter(x, sigma) for x in (base, follow))
             else:  # what register wrote (needs its outputs in WORK/out)
                 truth_labels = truth_labels_on_grid(study, out, sub, grid)
-                mask = (
-                    np.asarray(
-                        nib.load(
-                            _one(out / sub, f"**/{sub}_ses-bl_*desc-brain_mask.nii.gz")
-                        ).dataobj
+                if variant.get("mask") == "common":  # register's: majority of the visits' masks
+                    visit_masks = [
+                        np.asarray(nib.load(f).dataobj) > 0
+                        for f in sorted((out / sub).glob(f"**/{sub}_ses-*_*desc-brain_mask.nii.gz"))
+                    ]
+                    mask = np.mean(visit_masks, axis=0) > 0.5
+                else:  # the baseline's own mask
+                    mask = (
+                        np.asarray(
+                            nib.load(
+                                _one(out / sub, f"**/{sub}_ses-bl_*desc-brain_mask.nii.gz")
+                            ).dataobj
+                        )
+                        > 0
                     )
-                    > 0
-                )
                 jac_file = _one(out / sub, f"**/{sub}_{ses}_*desc-jacobian_map.nii.gz")
                 base, follow = (
                     np.asarray(

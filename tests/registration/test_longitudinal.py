@@ -136,3 +136,46 @@ def test_bad_arguments_are_refused():
         align_subject({"a": "x.nii.gz"}, field_spacing_mm=5.0)
     with pytest.raises(ValueError, match="on_fail"):
         align_subject({"a": "x.nii.gz"}, on_fail="maybe")
+
+
+@pytest.mark.slow
+def test_the_velocity_fit_sees_the_brain_and_a_margin_only(shared_data, monkeypatch):
+    """Far non-brain tissue is hidden from the fit; the margin around the brain is not."""
+    from scipy import ndimage
+
+    import neurocast.registration.svf as svf
+
+    real_fit = svf.fit_velocity_field
+    seen: dict[str, np.ndarray] = {}
+
+    def spy(base, follow, **kw):
+        seen["base"] = base.numpy().copy()
+        return real_fit(base, follow, **{**kw, "levels": 1, "iterations": [2]})
+
+    monkeypatch.setattr(svf, "fit_velocity_field", spy)
+    v1, v2, _ = two_visits(shared_data)
+    visits = {"ses-01": v1, "ses-02": v2}
+    grid = working_grid(4.0)
+    al = align_subject(visits, grid=grid, field_spacing_mm=8.0, fit_margin_mm=8.0)
+    common = np.asarray(al.brain_mask.dataobj) > 0
+    distance = ndimage.distance_transform_edt(~common, sampling=4.0)
+    base = seen["base"]
+    assert np.array_equal(base[common], np.asarray(al.images["ses-01"].dataobj)[common])
+    assert not base[distance > 8.0].any()
+    assert base[(distance > 0) & (distance <= 8.0)].any()  # the margin is seen
+
+    align_subject(visits, grid=grid, field_spacing_mm=8.0, fit_margin_mm=None)
+    assert seen["base"][distance > 8.0].any()  # the whole grid: the head outside the brain
+
+
+def test_brain_with_margin_grows_by_distance_in_mm():
+    from neurocast.registration.longitudinal import brain_with_margin
+
+    m = np.zeros((11, 11, 3), bool)
+    m[5, 5, 1] = True
+    grown = brain_with_margin(m, (1.0, 2.0, 1.0), 2.0)
+    assert grown[3:8, 5, 1].all() and not grown[2, 5, 1]  # 2 mm = 2 voxels along x
+    assert grown[5, 4:7, 1].all() and not grown[5, 3, 1]  # 2 mm = 1 voxel along y
+    assert np.array_equal(brain_with_margin(m, 2.0, 0.0), m)
+    with pytest.raises(ValueError, match="margin_mm"):
+        brain_with_margin(m, 2.0, -1.0)

@@ -245,7 +245,9 @@ def register_participant(
     :data:`~neurocast.registration.svf.REGIONAL_CHANGE_RADIUS`), tuned for regional
     volume change. Pass 0.3 (the fit's own default penalty; the window stays at radius 4) for
     smoother voxel-wise Jacobian maps; the figures of both are in
-    :mod:`neurocast.registration.svf` ("Defaults").
+    :mod:`neurocast.registration.svf` ("Defaults"). The fit sees the brain and a margin of
+    :data:`~neurocast.registration.longitudinal.FIT_MARGIN_MM` (8 mm) around it, not the far
+    non-brain tissue (:func:`~neurocast.registration.longitudinal.align_subject`).
 
     ``atlas_labels`` says where the regions come from: ``"subject"`` (default) fits the atlas to
     the subject's aligned baseline (:func:`~neurocast.registration.volumes.atlas_to_subject`,

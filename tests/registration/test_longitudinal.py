@@ -136,6 +136,8 @@ def test_bad_arguments_are_refused():
         align_subject({"a": "x.nii.gz"}, field_spacing_mm=5.0)
     with pytest.raises(ValueError, match="on_fail"):
         align_subject({"a": "x.nii.gz"}, on_fail="maybe")
+    with pytest.raises(ValueError, match="fit_margin_mm"):
+        align_subject({"a": "x.nii.gz"}, fit_margin_mm=-2.0)
 
 
 @pytest.mark.slow

@@ -70,6 +70,11 @@ from neurocast.registration.template import working_grid
 from neurocast.registration.transforms import read_ants_affine, resample
 
 REGIONS = ("Hippocampus", "Lateral-Ventricles")
+VARIANT_KEYS = frozenset(
+    ("method", "images", "iterations", "blur_sigma", "noise_sd", "samples_per_axis", "mask",
+     "denoise", "pre_sigma")
+)  # fmt: skip
+"""A variant's own options; the rest are passed to the fit."""
 
 
 def _one(folder: Path, pattern: str) -> Path:
@@ -120,22 +125,7 @@ def volume_change(
     variant: dict, base: np.ndarray, follow: np.ndarray, mask: np.ndarray, jac_file: Path | None
 ) -> np.ndarray:
     """The variant's volume-change map (follow-up / baseline volume) on the baseline grid."""
-    options = {
-        k: v
-        for k, v in variant.items()
-        if k
-        not in (
-            "method",
-            "images",
-            "iterations",
-            "blur_sigma",
-            "noise_sd",
-            "samples_per_axis",
-            "mask",
-            "denoise",
-            "pre_sigma",
-        )
-    }
+    options = {k: v for k, v in variant.items() if k not in VARIANT_KEYS}
     method = variant.get("method", "svf")
     if method == "registered":
         if jac_file is None:

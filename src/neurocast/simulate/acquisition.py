@@ -259,13 +259,13 @@ def sample_voxel_average(volume: np.ndarray | torch.Tensor, grid: torch.Tensor, 
         (g[0, 0, 1] - g[0, 0, 0]) if g.shape[2] > 1 else torch.zeros(3),
     ]
     offsets = (np.arange(n) + 0.5) / n - 0.5  # sub-voxel centres, in voxels
-    vol = torch.as_tensor(np.asarray(volume, dtype=np.float32))[None, None]
+    vol = np.asarray(volume, dtype=np.float32)  # converted once; `sample` reads it without a copy
     total = torch.zeros(grid.shape[1:4], dtype=torch.float32)
     for a in offsets:
         for b in offsets:
             for c in offsets:
                 shift = float(a) * steps[0] + float(b) * steps[1] + float(c) * steps[2]
-                total += F.grid_sample(vol, grid + shift, mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
+                total += sample(vol, grid + shift)
     return total / n**3
 
 

@@ -38,6 +38,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--work", type=Path, default=Path("/tmp/neurocast-truthcheck"))
     ap.add_argument(
+        "--grid-spacing-mm",
+        type=float,
+        default=2.0,
+        help="working grid of neurocast register (default 2, as the CLI)",
+    )
+    ap.add_argument(
         "--field-spacing-mm",
         type=float,
         default=4.0,
@@ -76,7 +82,8 @@ def main() -> None:
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "neurocast.cli.main", "register", str(study), str(out),
-                    "participant", "-q", "--seed", "0", "--field-spacing-mm", str(args.field_spacing_mm),
+                    "participant", "-q", "--seed", "0", "--grid-spacing-mm", str(args.grid_spacing_mm),
+                    "--field-spacing-mm", str(args.field_spacing_mm),
                     "--regularization", str(reg), "--atlas-labels", args.atlas_labels],
                    check=False)  # fmt: skip
     t_reg = time.perf_counter() - t0
@@ -108,12 +115,14 @@ def main() -> None:
         "# Simulated truth vs registration (issue 4)",
         "",
         f"Command: `python benchmarks/simulate_truth_check.py --n-subjects {args.n_subjects} --seed {args.seed}"
+        f"{'' if args.grid_spacing_mm == 2 else f' --grid-spacing-mm {args.grid_spacing_mm:g}'}"
         f" --field-spacing-mm {args.field_spacing_mm:g}"
         f"{'' if args.regularization is None else f' --regularization {reg:g}'}"
         f"{'' if args.atlas_labels == 'subject' else ' --atlas-labels template'}"
         f"{' --base-scans ' + str(args.base_scans) if args.base_scans else ''}`; machine: {os.cpu_count()}-core CPU, "
         f"date {datetime.date.today().isoformat()}.",
-        f"`neurocast register` with `--field-spacing-mm {args.field_spacing_mm:g} --regularization {reg:g}"
+        f"`neurocast register` with `--grid-spacing-mm {args.grid_spacing_mm:g}"
+        f" --field-spacing-mm {args.field_spacing_mm:g} --regularization {reg:g}"
         f" --atlas-labels {args.atlas_labels}`. "
         f"Simulation {t_sim:.0f} s, registration of {args.n_subjects} subjects {t_reg:.0f} s. "
         f"{len(both)} (follow-up, region) pairs.",

@@ -22,6 +22,7 @@ from neurocast.registration.svf import (
     VelocityFit,
     fit_velocity_field,
     global_ncc,
+    regional_change_radius,
 )
 
 N = 32
@@ -115,6 +116,15 @@ def test_register_defaults_to_the_regional_setting() -> None:
 
     option = next(o for o in register.params if o.name == "regularization")
     assert option.default == REGIONAL_CHANGE_REGULARIZATION
+
+
+def test_register_keeps_its_lncc_window_in_mm_on_any_grid() -> None:
+    assert regional_change_radius(2.0) == REGIONAL_CHANGE_RADIUS == 4
+    assert regional_change_radius(1.0) == 8
+    assert regional_change_radius(1.5) == 5
+    assert regional_change_radius(32.0) == 1
+    with pytest.raises(ValueError, match="grid_spacing_mm"):
+        regional_change_radius(0.0)
 
 
 def test_fit_is_deterministic(synthetic_pair: dict) -> None:

@@ -107,7 +107,8 @@ def preprocess(
     default=0.01,
     show_default=True,
     help="Bending weight of the velocity fit. The default is tuned for regional volume change; "
-    "0.3 gives smoother voxel-wise Jacobian maps but shrinks the change of small structures.",
+    "0.3 gives smoother voxel-wise Jacobian maps but shrinks the change of small structures. "
+    "The fit's similarity window is 8 mm on any --grid-spacing-mm.",
 )
 @click.option(
     "--atlas-labels",

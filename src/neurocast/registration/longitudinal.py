@@ -41,7 +41,8 @@ that differences between visits are anatomy, not registration:
    mask is used for normalisation and QC. Direction as in the project's contract:
    ``warp(baseline, integrate_velocity(v))`` reproduces the follow-up. The fit's own defaults are
    used unless ``fit_options`` says otherwise; ``neurocast register`` passes
-   ``regularization=REGIONAL_CHANGE_REGULARIZATION`` and ``radius=REGIONAL_CHANGE_RADIUS``,
+   ``regularization=REGIONAL_CHANGE_REGULARIZATION`` and an 8 mm LNCC window
+   (``radius=regional_change_radius(grid spacing)``),
    tuned for regional volume change. The
    trade between voxel-wise Jacobian accuracy and regional volume change is documented under
    "Defaults" in :mod:`neurocast.registration.svf`.
@@ -292,6 +293,7 @@ def align_subject(
     fit_options: Mapping[str, Any] | None = None,
     differential_bias_mm: float | None = DIFFERENTIAL_BIAS_SIGMA_MM,
     fit_margin_mm: float | None = FIT_MARGIN_MM,
+    anti_alias: bool = False,
 ) -> SubjectAlignment:
     """Align all visits of one subject (see the module docstring for the method).
 
@@ -312,6 +314,10 @@ def align_subject(
             aligned visits (:mod:`neurocast.registration.bias`); ``None`` switches it off.
         fit_margin_mm: the velocity fit sees the images within this distance (mm) of the common
             mask and 0 beyond; ``None`` fits the whole grid. The written images are unaffected.
+        anti_alias: smooth each native scan to the working grid's resolution before reading it
+            onto the grid (:func:`~neurocast.registration.transforms.resample`). Off by default:
+            on the truth check of issue 4 it left the hippocampal figure unchanged
+            (``benchmarks/simulate_truth_check.md``, item 15).
 
     Returns:
         A :class:`SubjectAlignment`.
@@ -407,6 +413,7 @@ def align_subject(
             grid.shape,
             grid.affine,
             back,
+            anti_alias=anti_alias,
         )
         masks[s] = (
             resample(

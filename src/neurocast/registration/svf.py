@@ -49,7 +49,8 @@ there are two settings:
   folding < 0.01 %) wants a strong penalty, because a weak one fits the noise and the voxel-wise
   Jacobian gets noisy.
 * **Regional volume change** (:data:`REGIONAL_CHANGE_REGULARIZATION` 0.01 with
-  :data:`REGIONAL_CHANGE_RADIUS` 4, what ``neurocast register`` uses since 2026-12-05; 0.05
+  :data:`REGIONAL_CHANGE_RADIUS` 4 on the 2 mm grid, an 8 mm window,
+  :data:`REGIONAL_CHANGE_RADIUS_MM`; what ``neurocast register`` uses since 2026-12-05; 0.05
   with radius 6 before): the truth check of issue 4 (``benchmarks/simulate_truth_check.py``:
   regional volume change of hippocampus and lateral ventricles measured on simulated raw images,
   mean |measured - true| <= 10 % of mean |true|) wants a weak one, because the penalty shrinks
@@ -158,7 +159,15 @@ from neurocast.registration.deformation import (
     warp,
 )
 
-__all__ = ["REGIONAL_CHANGE_RADIUS", "REGIONAL_CHANGE_REGULARIZATION", "VelocityFit", "fit_velocity_field", "global_ncc"]
+__all__ = [
+    "REGIONAL_CHANGE_RADIUS",
+    "REGIONAL_CHANGE_RADIUS_MM",
+    "REGIONAL_CHANGE_REGULARIZATION",
+    "VelocityFit",
+    "fit_velocity_field",
+    "global_ncc",
+    "regional_change_radius",
+]
 
 Similarity = Literal["lncc", "mse"]
 Regularizer = Literal["bending", "diffusion"]
@@ -168,10 +177,26 @@ REGIONAL_CHANGE_REGULARIZATION = 0.01
 far weaker than the function's default 0.3, which is tuned for voxel-wise Jacobian maps and
 shrinks the change of small structures. See "Defaults" in the module docstring for the figures."""
 
+REGIONAL_CHANGE_RADIUS_MM = 8.0
+"""The LNCC window radius (mm) ``neurocast register`` fits with, beside
+:data:`REGIONAL_CHANGE_REGULARIZATION`: 4 voxels of the 2 mm working grid, a narrower window than
+the default 6 voxels, which follows the edges of small structures more closely (see "Defaults").
+Given in mm so that a finer working grid keeps the same window (:func:`regional_change_radius`)."""
+
 REGIONAL_CHANGE_RADIUS = 4
-"""The LNCC window radius (voxels) ``neurocast register`` fits with, beside
-:data:`REGIONAL_CHANGE_REGULARIZATION`: a narrower window than the default 6 follows the edges of
-small structures more closely (see "Defaults")."""
+""":data:`REGIONAL_CHANGE_RADIUS_MM` in voxels of the default 2 mm working grid."""
+
+
+def regional_change_radius(grid_spacing_mm: float) -> int:
+    """The LNCC radius in voxels of a working grid that spans :data:`REGIONAL_CHANGE_RADIUS_MM`.
+
+    Example:
+        >>> regional_change_radius(2.0), regional_change_radius(1.0)
+        (4, 8)
+    """
+    if not grid_spacing_mm > 0:
+        raise ValueError(f"grid_spacing_mm must be > 0, got {grid_spacing_mm}")
+    return max(1, round(REGIONAL_CHANGE_RADIUS_MM / grid_spacing_mm))
 
 DEFAULT_ITERATIONS: tuple[int, ...] = (200, 100, 40)
 """Maximum iterations per level, coarsest first (for ``levels=3``)."""

@@ -242,8 +242,8 @@ def register_participant(
 
     ``regularization`` is the bending weight of the velocity fit; ``None`` means
     :data:`~neurocast.registration.svf.REGIONAL_CHANGE_REGULARIZATION` (0.01, with the LNCC radius
-    :data:`~neurocast.registration.svf.REGIONAL_CHANGE_RADIUS`), tuned for regional
-    volume change. Pass 0.3 (the fit's own default penalty; the window stays at radius 4) for
+    :data:`~neurocast.registration.svf.REGIONAL_CHANGE_RADIUS_MM`, 8 mm), tuned for regional
+    volume change. Pass 0.3 (the fit's own default penalty; the window stays at 8 mm) for
     smoother voxel-wise Jacobian maps; the figures of both are in
     :mod:`neurocast.registration.svf` ("Defaults"). The fit sees the brain and a margin of
     :data:`~neurocast.registration.longitudinal.FIT_MARGIN_MM` (8 mm) around it, not the far
@@ -271,7 +271,7 @@ def register_participant(
     from neurocast.registration.atlas import load_atlas
     from neurocast.registration.deformation import volume_change_map
     from neurocast.registration.longitudinal import align_subject
-    from neurocast.registration.svf import REGIONAL_CHANGE_RADIUS, REGIONAL_CHANGE_REGULARIZATION
+    from neurocast.registration.svf import REGIONAL_CHANGE_REGULARIZATION, regional_change_radius
     from neurocast.registration.template import TEMPLATE_NAME, working_grid
     from neurocast.registration.transforms import write_ants_affine
     from neurocast.registration.volumes import (
@@ -286,13 +286,14 @@ def register_participant(
         regularization = REGIONAL_CHANGE_REGULARIZATION
     if atlas_labels not in ("subject", "template"):
         raise ValueError(f"atlas_labels must be 'subject' or 'template', got {atlas_labels!r}")
+    radius = regional_change_radius(grid_spacing_mm)
     sub = participant.participant_id
     sessions = {(s.label or "1"): s for s in participant.sessions}
     inputs = [s.t1w[0] for s in participant.sessions]
     params = {
         "step": "register", "grid_spacing_mm": grid_spacing_mm,
         "field_spacing_mm": field_spacing_mm, "regularization": regularization,
-        "lncc_radius": REGIONAL_CHANGE_RADIUS, "atlas_labels": atlas_labels,
+        "lncc_radius": radius, "atlas_labels": atlas_labels,
         "skull_stripped": skull_stripped,
     }  # fmt: skip
     prov = {"inputs": inputs, "parameters": params, "seed": seed}
@@ -306,7 +307,7 @@ def register_participant(
     al = align_subject(
         {k: s.t1w[0] for k, s in sessions.items()}, grid=grid, field_spacing_mm=field_spacing_mm,
         seed=seed, skull_stripped=skull_stripped, work_dir=work_dir, on_fail="report",
-        fit_options={"regularization": regularization, "radius": REGIONAL_CHANGE_RADIUS},
+        fit_options={"regularization": regularization, "radius": radius},
     )  # fmt: skip
     res = f"{grid_spacing_mm:g}".replace(".", "p")
     fres = f"{field_spacing_mm:g}".replace(".", "p")

@@ -274,8 +274,7 @@ def brain_with_margin(
     inside = np.asarray(mask) > 0
     if not inside.any():
         return inside
-    spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,))
-    return ndimage.distance_transform_edt(~inside, sampling=spacing) <= margin_mm
+    return dilate_mm(inside, margin_mm, np.broadcast_to(np.asarray(spacing_mm, dtype=float), (3,)))
 
 
 def align_subject(

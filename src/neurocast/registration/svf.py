@@ -183,10 +183,6 @@ REGIONAL_CHANGE_RADIUS_MM = 8.0
 the default 6 voxels, which follows the edges of small structures more closely (see "Defaults").
 Given in mm so that a finer working grid keeps the same window (:func:`regional_change_radius`)."""
 
-REGIONAL_CHANGE_RADIUS = 4
-""":data:`REGIONAL_CHANGE_RADIUS_MM` in voxels of the default 2 mm working grid."""
-
-
 def regional_change_radius(grid_spacing_mm: float) -> int:
     """The LNCC radius in voxels of a working grid that spans :data:`REGIONAL_CHANGE_RADIUS_MM`.
 
@@ -197,6 +193,10 @@ def regional_change_radius(grid_spacing_mm: float) -> int:
     if not grid_spacing_mm > 0:
         raise ValueError(f"grid_spacing_mm must be > 0, got {grid_spacing_mm}")
     return max(1, round(REGIONAL_CHANGE_RADIUS_MM / grid_spacing_mm))
+
+
+REGIONAL_CHANGE_RADIUS = regional_change_radius(2.0)
+""":data:`REGIONAL_CHANGE_RADIUS_MM` in voxels of the default 2 mm working grid (4)."""
 
 DEFAULT_ITERATIONS: tuple[int, ...] = (200, 100, 40)
 """Maximum iterations per level, coarsest first (for ``levels=3``)."""

@@ -46,8 +46,8 @@ slope of measured on true change (1 = unbiased).
 
 Usage::
 
-    python benchmarks/simulate_truth_check.py --work /tmp/tc     # once: simulate + register
-    python benchmarks/simulate_truth_check_variants.py --work /tmp/tc \\
+    python benchmarks/simulate_truth_check.py --seed 11 --work /tmp/tc   # once: simulate + register
+    python benchmarks/simulate_truth_check_variants.py --work /tmp/tc/seed-11 \\
         --variants '{"registered": {"method": "registered"}, "syn": {"method": "ants"}}'
 """
 
@@ -158,7 +158,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument(
-        "--work", type=Path, required=True, help="work folder of simulate_truth_check.py"
+        "--work",
+        type=Path,
+        required=True,
+        help="one cohort's folder of simulate_truth_check.py (WORK/seed-N)",
     )
     ap.add_argument("--variants", required=True, help="JSON object: name -> options")
     ap.add_argument(

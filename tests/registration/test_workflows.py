@@ -69,17 +69,9 @@ def test_outputs_qc_failure_and_resume(tmp_path: Path, stub) -> None:
     assert nib.load(str(anat / "sub-01_ses-bl_desc-brain_mask.nii.gz")).shape == (4, 4, 4)
 
 
-def test_register_names_the_participant_when_the_atlas_cannot_be_fitted(tmp_path, monkeypatch):
-    """A failed atlas fit fails that participant with a message naming the scan and the way out
-    (``--atlas-labels template``), which then measures on the template atlas."""
+def _aligned_baseline_only(grid: Grid):
+    """A stand-in for ``align_subject``: every visit a uniform image on ``grid``, no follow-up fits."""
     from types import SimpleNamespace
-
-    import neurocast.registration.longitudinal as longitudinal
-    import neurocast.registration.volumes as volumes
-    from neurocast.registration.template import working_grid
-    from neurocast.registration.workflows import register_dataset
-
-    grid = working_grid(2.0)
 
     def fake_align(visits, **kwargs):
         keys = list(visits)
@@ -91,10 +83,23 @@ def test_register_names_the_participant_when_the_atlas_cannot_be_fitted(tmp_path
             velocities={}, fits={}, qc={"passed": True},
         )  # fmt: skip
 
+    return fake_align
+
+
+def test_register_names_the_participant_when_the_atlas_cannot_be_fitted(tmp_path, monkeypatch):
+    """A failed atlas fit fails that participant with a message naming the scan and the way out
+    (``--atlas-labels template``), which then measures on the template atlas."""
+    import neurocast.registration.longitudinal as longitudinal
+    import neurocast.registration.volumes as volumes
+    from neurocast.registration.template import working_grid
+    from neurocast.registration.workflows import register_dataset
+
+    grid = working_grid(2.0)
+
     def broken_fit(*args, **kwargs):
         raise RuntimeError("antsRegistration failed with exit code 1")
 
-    monkeypatch.setattr(longitudinal, "align_subject", fake_align)
+    monkeypatch.setattr(longitudinal, "align_subject", _aligned_baseline_only(grid))
     monkeypatch.setattr(volumes, "atlas_to_subject", broken_fit)
     root = make_bids(tmp_path / "ds", {"01": ["bl"]})
     out = tmp_path / "out"
@@ -107,3 +112,34 @@ def test_register_names_the_participant_when_the_atlas_cannot_be_fitted(tmp_path
     assert (summary.n_done, summary.n_failed) == (1, 0)
     volumes_tsv = out / "sub-01" / "anat" / "sub-01_space-MNI152NLin2009aSym_desc-atlas_volumes.tsv"
     assert pd.read_csv(volumes_tsv, sep="\t")["volume_mm3"].gt(0).any()
+
+
+def test_register_fits_the_atlas_on_its_own_grid_and_writes_labels_on_the_working_grid(
+    tmp_path, monkeypatch
+):
+    """On a working grid other than the atlas's 2 mm, the subject fit still runs against the atlas
+    on its own grid (the cost of the SyN is set by that grid), and the labels it returns, on the
+    baseline's grid, are what ``register`` writes and measures on."""
+    import neurocast.registration.longitudinal as longitudinal
+    import neurocast.registration.volumes as volumes
+    from neurocast.registration.atlas import load_atlas
+    from neurocast.registration.template import working_grid
+    from neurocast.registration.workflows import register_dataset
+
+    grid = working_grid(3.0)
+    seen = {}
+
+    def fake_fit(image, mask, atlas, **kwargs):
+        seen["atlas_grid"] = atlas.grid
+        return load_atlas().resample(grid).labels  # labels on the baseline's grid
+
+    monkeypatch.setattr(longitudinal, "align_subject", _aligned_baseline_only(grid))
+    monkeypatch.setattr(volumes, "atlas_to_subject", fake_fit)
+    root = make_bids(tmp_path / "ds", {"01": ["bl"]})
+    out = tmp_path / "out"
+    summary = register_dataset(root, out, progress=False, grid_spacing_mm=3.0)
+    assert (summary.n_done, summary.n_failed) == (1, 0)
+    assert seen["atlas_grid"] == load_atlas().grid != grid
+    name = "sub-01_ses-bl_space-MNI152NLin2009aSym_res-3_atlas-neurocast_desc-subject_dseg.nii.gz"
+    dseg = out / "sub-01" / "ses-bl" / "anat" / name
+    assert nib.load(str(dseg)).shape == grid.shape

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -18,7 +20,8 @@ from neurocast.cli.options import (
 )
 
 
-def _grid_option(more: str = ""):
+def _grid_option(more: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--grid-spacing-mm`` option, its help followed by ``more``."""
     return click.option(
         "--grid-spacing-mm",
         type=click.FloatRange(1.0, 8.0),
@@ -94,9 +97,9 @@ def preprocess(
 @bids_app_arguments
 @participant_filters
 @_grid_option(
-    " 1 measures the change of small structures closer to the truth than 2 (hippocampus within"
-    " 10.1 % of the true change against 12.2 % on six simulated cohorts), at about twice the"
-    " time (benchmarks/simulate_truth_check.md)."
+    " 1 measures the change of small structures closer to the truth than 2 (mean hippocampal"
+    " error 10.1 % of the true change against 12.2 % on six simulated cohorts), at about twice"
+    " the time (benchmarks/simulate_truth_check.md)."
 )
 @click.option(
     "--field-spacing-mm",

@@ -16,7 +16,7 @@ scored one by one and pooled over all their follow-ups. A cohort already simulat
 
 Usage::
 
-    python benchmarks/simulate_truth_check.py --n-subjects 6 --seed 11 23 37 41 53 --work /tmp/tc
+    python benchmarks/simulate_truth_check.py --n-subjects 6 --seed 11 23 37 41 53 59 --work /tmp/tc
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import datetime
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -189,7 +190,7 @@ def main() -> None:
             f"| {seed} | {n} | "
             + " | ".join(cells)
             + " | "
-            + " | ".join("n/a" if t != t else f"{t:.0f}" for t in (t_sim, t_reg))
+            + " | ".join("n/a" if math.isnan(t) else f"{t:.0f}" for t in (t_sim, t_reg))
             + " |"
         )
     lines += [

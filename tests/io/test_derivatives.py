@@ -42,6 +42,27 @@ def test_outputs_have_provenance_and_completeness(tmp_path: Path) -> None:
     assert not w.is_complete(rel, inputs=[src], parameters={"k": [1, 2]}, seed=3)
 
 
+def test_moved_or_linked_inputs_with_the_same_bytes_still_count_as_done(tmp_path: Path) -> None:
+    first = tmp_path / "a" / "sub-01_T1w.nii.gz"
+    first.parent.mkdir()
+    first.write_bytes(b"scan")
+    w = DerivativesWriter(tmp_path / "out")
+    w.write_json("r.json", {"x": 1}, inputs=[first], parameters={}, seed=0)
+    moved = tmp_path / "b" / "sub-01_T1w.nii.gz"
+    moved.parent.mkdir()
+    first.rename(moved)
+    assert w.is_complete("r.json", inputs=[moved], parameters={}, seed=0)
+    link = tmp_path / "link"
+    link.symlink_to(moved.parent)
+    assert w.is_complete("r.json", inputs=[link / moved.name], parameters={}, seed=0)
+    renamed = moved.with_name("sub-02_T1w.nii.gz")
+    moved.rename(renamed)
+    assert not w.is_complete("r.json", inputs=[renamed], parameters={}, seed=0)
+    renamed.write_bytes(b"another scan")
+    renamed.rename(moved)
+    assert not w.is_complete("r.json", inputs=[moved], parameters={}, seed=0)
+
+
 def test_corrupted_output_is_not_complete(tmp_path: Path) -> None:
     w = DerivativesWriter(tmp_path)
     out = w.write_tsv("t.tsv", pd.DataFrame({"a": [1, None]}), parameters={}, seed=0)

@@ -208,8 +208,10 @@ class DerivativesWriter:
         """Whether an output exists, matches its sidecar's hash and was made from these settings.
 
         A rerun uses this to skip finished work: the output must exist, its bytes must hash to
-        the recorded ``OutputSHA256``, and the recorded inputs (with their current hashes),
-        parameters, seed and model card must equal the ones given.
+        the recorded ``OutputSHA256``, and the recorded inputs, parameters, seed and model card
+        must equal the ones given. Inputs are compared by file name and content hash, in order,
+        not by the path as written: a dataset reached through a symbolic link, another relative
+        path or after a move is still recognised, and an input whose bytes changed is not.
         """
         import json
 
@@ -225,7 +227,20 @@ class DerivativesWriter:
             return False
         expected = provenance(inputs, parameters, seed, model_card_sha256)
         expected = json.loads(json.dumps(expected, sort_keys=True, default=str))
+        got_inputs = recorded.get("Inputs")
+        if not isinstance(got_inputs, list) or _input_keys(got_inputs) != _input_keys(
+            expected.pop("Inputs")
+        ):
+            return False
         return all(recorded.get(k) == v for k, v in expected.items())
+
+
+def _input_keys(inputs: list[Any]) -> list[tuple[str, str]] | None:
+    """(file name, sha256) of each recorded input; ``None`` for a malformed record."""
+    try:
+        return [(Path(i["path"]).name, str(i["sha256"])) for i in inputs]
+    except (KeyError, TypeError):
+        return None
 
 
 VOLATILE_KEYS = frozenset({"seconds"})

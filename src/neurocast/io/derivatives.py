@@ -298,4 +298,3 @@ def output_hashes(root: str | os.PathLike[str]) -> dict[str, tuple[str, str]]:
                 norm = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
         out[rel] = (raw, norm)
     return out
-

@@ -319,7 +319,8 @@ def register_participant(
     res = f"{grid_spacing_mm:g}".replace(".", "p")
     fres = f"{field_spacing_mm:g}".replace(".", "p")
     space = f"space-{TEMPLATE_NAME}"
-    atlas = load_atlas(grid)
+    shipped_atlas = load_atlas()  # its own 2 mm grid, for the subject fit
+    atlas = shipped_atlas.resample(grid)
     base_label = al.baseline
     base_ses = sessions[base_label]
     if atlas_labels == "subject":
@@ -328,7 +329,7 @@ def register_participant(
             # fitted against the atlas on its own 2 mm grid whatever the working grid: the labels
             # still land on the working grid (the moving image's), at a fraction of the cost
             labels = atlas_to_subject(
-                al.images[base_label], al.masks[base_label], load_atlas(), seed=seed,
+                al.images[base_label], al.masks[base_label], shipped_atlas, seed=seed,
                 work_dir=work_dir,
             )  # fmt: skip
         except (RuntimeError, ValueError) as err:

@@ -216,3 +216,34 @@ def test_default_steps_leave_out_a_model_step_without_a_model(study: Path, tmp_p
     seen.clear()
     run_study(study, tmp_path / "o2", steps="qa", n_workers=1, progress=False)
     assert seen == ["qa"]
+
+
+def test_a_group_analysis_that_cannot_run_is_one_note_not_a_warning_too(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """The note is printed at the end of the run; a console warning as well said it twice."""
+    import logging
+    from types import SimpleNamespace
+
+    from neurocast.errors import InputError
+    from neurocast.pipeline.study import _group_analyses
+    from neurocast.progress import analysis
+
+    forecast = tmp_path / "sub-01" / "ses-01" / "sub-01_ses-01_desc-forecast_volumes.nc"
+    forecast.parent.mkdir(parents=True)
+    forecast.touch()
+
+    def no_conversions(*args, **kwargs):
+        raise InputError(None, "no conversions in participants.tsv")
+
+    monkeypatch.setattr(analysis, "cohort_report", lambda *a, **k: SimpleNamespace(notes=["small"]))
+    monkeypatch.setattr(analysis, "survival_analysis", no_conversions)
+    notes: list[str] = []
+    with caplog.at_level(logging.INFO, logger="neurocast"):
+        _group_analyses(tmp_path, tmp_path, 0, notes)
+    assert notes == [
+        "cohort: small",
+        "survival analysis not written: no conversions in participants.tsv",
+    ]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("survival analysis not written" in r.getMessage() for r in caplog.records)

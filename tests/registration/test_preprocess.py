@@ -222,3 +222,35 @@ def test_set_threads(monkeypatch):
         torch.set_num_threads(before)
     with pytest.raises(ValueError):
         set_threads(-2)
+
+
+def test_set_threads_warns_only_when_itk_kept_another_count(monkeypatch):
+    """Every step of a batch asks for the thread count again: the count ITK already runs with is
+    silent, another one gets a warning that names the count ITK kept."""
+    import torch
+
+    from neurocast.registration import threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "_itk_used", True)
+    monkeypatch.setattr(threads, "_itk_threads", "1")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            assert set_threads(1)["itk_fixed"] is True
+        with pytest.warns(RuntimeWarning, match=r"keeps its first thread count \(1\)"):
+            set_threads(2)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_mark_itk_used_records_the_count_of_the_first_use_only(monkeypatch):
+    from neurocast.registration import threads
+
+    monkeypatch.setattr(threads, "_itk_used", False)
+    monkeypatch.setattr(threads, "_itk_threads", None)
+    monkeypatch.setenv(ITK_ENV, "3")
+    threads.mark_itk_used()
+    monkeypatch.setenv(ITK_ENV, "5")
+    threads.mark_itk_used()
+    assert threads._itk_threads == "3"

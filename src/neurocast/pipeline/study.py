@@ -226,7 +226,8 @@ def _group_analyses(out: Path, bids_dir: Path, seed: int, notes: list[str]) -> N
             report = fn(out, **kwargs)
         except InputError as exc:
             notes.append(f"{name} analysis not written: {exc}")
-            logger.warning("%s analysis not written: %s", name, exc)
+            # the note is printed at the end of the run; the log file still records it here
+            logger.info("%s analysis not written: %s", name, exc)
             continue
         notes += [f"{name}: {n}" for n in report.notes]
 

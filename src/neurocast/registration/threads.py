@@ -5,7 +5,8 @@ keeps that number for the life of the process. :func:`set_threads` therefore set
 *and* torch's intra-op thread count; call it at the start of a run (the command line does), before
 any registration. If ANTs was already imported, the setting still applies as long as no ANTs/ITK
 filter has run yet; after that, ITK keeps its first number and this function says so in its
-return value and in a warning (torch is always updated).
+return value, and warns when the number asked for differs from the one ITK kept (asking again for
+the same number, as every step of a batch does, is silent; torch is always updated).
 
 Reproducibility: ITK's multi-threaded registration metrics do not sum in a fixed order, so with
 more than one ITK thread two runs of the same registration differ slightly (about 0.01 mm).
@@ -33,11 +34,15 @@ ITK_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 _itk_used = False
 """Set by neurocast's registration code the first time it runs an ANTs/ITK filter."""
+_itk_threads: str | None = None
+"""The value of :data:`ITK_ENV` when the first ITK filter ran (``None``: unset, ITK's own default)."""
 
 
 def mark_itk_used() -> None:
     """Record that an ITK filter has run in this process (its thread count is now fixed)."""
-    global _itk_used
+    global _itk_used, _itk_threads
+    if not _itk_used:
+        _itk_threads = os.environ.get(ITK_ENV)
     _itk_used = True
 
 
@@ -62,14 +67,15 @@ def set_threads(n: int | None = None) -> dict[str, object]:
         raise ValueError(f"number of threads must be a positive integer, got {n!r}")
     os.environ[ITK_ENV] = str(n)
     ants_imported = "ants" in sys.modules
-    if _itk_used:
+    if _itk_used and _itk_threads != str(n):
+        kept = _itk_threads if _itk_threads is not None else "ITK's default"
         msg = (
-            f"ITK/ANTs already ran in this process; it keeps its first thread count "
+            f"ITK/ANTs already ran in this process; it keeps its first thread count ({kept}) "
             f"(set {ITK_ENV}={n} before the first registration to change it)"
         )
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         log.warning(msg)
-    elif ants_imported:
+    elif ants_imported and not _itk_used:
         log.info("ants is already imported; %s=%d applies from the first ITK filter on", ITK_ENV, n)
     torch_threads = None
     try:

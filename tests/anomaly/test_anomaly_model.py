@@ -78,6 +78,27 @@ def test_save_and_load_round_trip(tiny_detector, make_scan, tmp_path) -> None:
     assert det.model_card_sha256_ == tiny_detector.model_card_sha256_
 
 
+def test_a_calibration_under_an_earlier_artefact_score_rule_warns_on_load(
+    tiny_detector, tmp_path
+) -> None:
+    """A threshold set on scores of another rule does not fit this version's scores."""
+    import warnings
+
+    from neurocast.anomaly.scores import ARTEFACT_SCORE_RULE
+
+    path = tiny_detector.save(tmp_path / "model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        det = AnomalyDetector.load(path)  # calibrated now: silent
+    assert det.calibration_.extra["artefact_score_rule"] == ARTEFACT_SCORE_RULE
+    card_path = path / "model_card.json"
+    card = json.loads(card_path.read_text())
+    del card["extra"]["anomaly"]["calibration"]["extra"]["artefact_score_rule"]
+    card_path.write_text(json.dumps(card))
+    with pytest.warns(UserWarning, match="earlier artefact-score rule.*calibrate it again"):
+        AnomalyDetector.load(path)
+
+
 def test_bfloat16_reconstruction_is_close_to_float32(tiny_detector, make_scan) -> None:
     assert tiny_detector.inference_dtype == "bfloat16"  # the default
     scan = make_scan(15, blob=True)

@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,7 @@ from neurocast.anomaly.iqm import IQMResult
 from neurocast.anomaly.maps import Component, anomaly_map, components, eroded_mask, threshold_map
 from neurocast.anomaly.scan import Scan
 from neurocast.anomaly.scores import (
+    ARTEFACT_SCORE_RULE,
     artefact_features,
     artefact_score,
     feature_zscores,
@@ -497,7 +499,10 @@ class AnomalyDetector:
             voxel_threshold=vthr,
             voxel_quantile=self.voxel_quantile,
             feature_reference=reference_statistics(feats),
-            extra={"references": [s.source or f"scan {i}" for i, s in enumerate(healthy_scans)]},
+            extra={
+                "references": [s.source or f"scan {i}" for i, s in enumerate(healthy_scans)],
+                "artefact_score_rule": ARTEFACT_SCORE_RULE,
+            },
         )
         return self
 
@@ -607,6 +612,17 @@ class AnomalyDetector:
         det.training_ = dict(info.get("training") or {})
         cal = info.get("calibration")
         det.calibration_ = Calibration.from_dict(cal) if cal else None
+        rule = det.calibration_.extra.get("artefact_score_rule") if det.calibration_ else None
+        if det.calibration_ is not None and rule != ARTEFACT_SCORE_RULE:
+            found = f"the artefact-score rule {rule!r}" if rule else "an earlier artefact-score rule"
+            warnings.warn(
+                f"{p}: calibrated under {found}, not this version's ({ARTEFACT_SCORE_RULE!r}); "
+                "its artefact threshold does not fit"
+                " the scores it now gets: calibrate it again on healthy scans"
+                " (AnomalyDetector.calibrate, or neurocast train anomaly)",
+                UserWarning,
+                stacklevel=2,
+            )
         det.model_card_sha256_ = checkpoint_id(p)
         return det
 

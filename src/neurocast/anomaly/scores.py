@@ -79,6 +79,9 @@ ARTEFACT_FEATURES = (
 Z_CLIP = 3.0
 """Each feature's robust z-score is clipped to ``[-Z_CLIP, Z_CLIP]`` before the mean (see the
 module docstring): one feature alone moves the score by at most ``Z_CLIP / n_features``."""
+ARTEFACT_SCORE_RULE = "mean-of-robust-z-clipped-3"
+"""Name of the rule that turns features into the artefact score. A calibration records it: an
+artefact threshold set under another rule does not fit this one's scores."""
 MAD_TO_SD = 1.4826
 MIN_RELATIVE_SCALE = 0.02
 """Floor of a feature's reference scale, as a share of ``|median|`` (few references can have a

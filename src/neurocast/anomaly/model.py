@@ -612,19 +612,25 @@ class AnomalyDetector:
         det.training_ = dict(info.get("training") or {})
         cal = info.get("calibration")
         det.calibration_ = Calibration.from_dict(cal) if cal else None
-        rule = det.calibration_.extra.get("artefact_score_rule") if det.calibration_ else None
-        if det.calibration_ is not None and rule != ARTEFACT_SCORE_RULE:
-            found = f"the artefact-score rule {rule!r}" if rule else "an earlier artefact-score rule"
-            warnings.warn(
-                f"{p}: calibrated under {found}, not this version's ({ARTEFACT_SCORE_RULE!r}); "
-                "its artefact threshold does not fit"
-                " the scores it now gets: calibrate it again on healthy scans"
-                " (AnomalyDetector.calibrate, or neurocast train anomaly)",
-                UserWarning,
-                stacklevel=2,
-            )
+        if det.calibration_ is not None:
+            _warn_if_another_artefact_rule(det.calibration_, p)
         det.model_card_sha256_ = checkpoint_id(p)
         return det
+
+
+def _warn_if_another_artefact_rule(cal: Calibration, path: Path) -> None:
+    """Warn when ``cal``'s artefact threshold was set on scores of another rule than this version's."""
+    rule = cal.extra.get("artefact_score_rule")
+    if rule == ARTEFACT_SCORE_RULE:
+        return
+    found = f"the artefact-score rule {rule!r}" if rule else "an earlier artefact-score rule"
+    warnings.warn(
+        f"{path}: calibrated under {found}, not this version's ({ARTEFACT_SCORE_RULE!r}); its "
+        "artefact threshold does not fit the scores it now gets: calibrate it again on healthy "
+        "scans (AnomalyDetector.calibrate, or neurocast train anomaly)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def native_map(amap: np.ndarray, scan: Scan) -> nib.Nifti1Image:

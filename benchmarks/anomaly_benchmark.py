@@ -63,15 +63,20 @@ DATA = (
 )
 IXI_TRAIN = ("IXI012-HH-1211-T1", "IXI013-HH-1212-T1", "IXI014-HH-1236-T1")
 IXI_CALIB = ("IXI015-HH-1258-T1", "IXI033-HH-1259-T1")
-IXI_HELDOUT = ("IXI034-HH-1260-T1",)
+# real healthy scans used neither for training nor for calibration: the held-out IXI adult and
+# another scanner's healthy adult (chris_t1: 0.88 mm, uint8)
+REAL_HEALTHY_HELDOUT = {
+    "IXI034-HH-1260-T1": "ixi/IXI034-HH-1260-T1_ds.nii.gz",
+    "chris_t1": "chris_t1/chris_t1.nii.gz",
+}
 
 SIZES = {
     "quick": dict(
-        grid=4.0, train=4, calib=3, lrtrain=3, test=6, visits=(2, 2), steps=300, batch=16,
+        grid=4.0, train=4, calib=3, lrtrain=3, test=6, dev=4, visits=(2, 2), steps=300, batch=16,
         channels=(16, 32, 64),
     ),
     "full": dict(
-        grid=2.0, train=20, calib=10, lrtrain=10, test=30, visits=(2, 3), steps=4000, batch=16,
+        grid=2.0, train=20, calib=10, lrtrain=10, test=30, dev=16, visits=(2, 3), steps=4000, batch=16,
         channels=(32, 64, 64),
     ),
 }  # fmt: skip
@@ -108,8 +113,11 @@ def simulate(work: Path, name: str, n: int, seed: int, grid: float, visits, **ch
 
 
 def save_scan(path: Path, scan: Any, seconds: float) -> None:
+    """Write one preprocessed scan to the cache (atomically: an interrupted run leaves no
+    half-written file for the next run to trip on)."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     np.savez_compressed(
-        path,
+        tmp,
         image=scan.image,
         brain_mask=scan.brain_mask,
         grid_affine=scan.grid.affine,
@@ -123,6 +131,7 @@ def save_scan(path: Path, scan: Any, seconds: float) -> None:
             "qc_passed": bool(scan.qc.get("passed", True)),
         }),
     )  # fmt: skip
+    os.replace(tmp, path)
 
 
 def load_scan(path: Path) -> tuple[Any, dict]:
@@ -296,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
                          "anomaly_train.py (e.g. on a GPU machine) and stop")
     ap.add_argument("--prepare-only", action="store_true",
                     help="simulate and preprocess every scan into the cache, then stop")
+    ap.add_argument("--dev", action="store_true",
+                    help="also simulate and preprocess a development cohort (``dev``: the test "
+                         "cohort's settings at another seed) for choosing methods without "
+                         "touching the test cohort; it is cached and not scored here")
     ap.add_argument("--model", type=Path, default=None,
                     help="use this trained model folder (e.g. from anomaly_train.py) instead of "
                          "training one; it is calibrated here")
@@ -333,7 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                  tumour_fraction=0.0, artefact_fraction=0.6, **motion),
         simulate(work, "test", size["test"], args.seed + 404, size["grid"], size["visits"],
                  tumour_fraction=0.5, artefact_fraction=0.5, **motion),
-    ], ignore_index=True)  # fmt: skip
+    ] + ([simulate(work, "dev", size["dev"], args.seed + 505, size["grid"], size["visits"],
+                   tumour_fraction=0.5, artefact_fraction=0.5, **motion)] if args.dev else []),
+        ignore_index=True)  # fmt: skip
     log(f"cohorts ready: {len(cohorts)} visits")
 
     # 2. preprocessing (only what training needs when exporting the training bundle)
@@ -343,10 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs: dict[str, Any] = dict(zip(cohorts["key"], cohorts["path"], strict=True))
     real_keys: dict[str, str] = {}
     if not args.no_real:
-        ixi = IXI_TRAIN if args.export_training else IXI_TRAIN + IXI_CALIB + IXI_HELDOUT
+        ixi = IXI_TRAIN if args.export_training else IXI_TRAIN + IXI_CALIB
         for name in ixi:
             jobs[name] = str(DATA / "ixi" / f"{name}_ds.nii.gz")
             real_keys[name] = name
+        if not args.export_training:
+            for name, rel in REAL_HEALTHY_HELDOUT.items():
+                jobs[name] = str(DATA / rel)
+                real_keys[name] = name
         if not args.export_training:
             for name in ("Pre_Scan_T1", "Post_Scan_T1"):
                 jobs[f"tumour_{name}"] = ("tumour", name)
@@ -535,9 +554,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # real scans
     if real:
-        for name in IXI_HELDOUT:
+        for name in REAL_HEALTHY_HELDOUT:
+            if name not in real:
+                continue
             r = det.score(real[name])
             res[f"real_{name}_flag"] = r.flag
+            res[f"real_{name}_lesion_score"] = r.lesion_score
+            res[f"real_{name}_artefact_score"] = r.artefact_score
             res[f"real_{name}_lesion_percentile"] = r.lesion_percentile
         for name, prior in (("Pre_Scan_T1", None), ("Post_Scan_T1", None), ("Post_Scan_T1", "Pre_Scan_T1")):
             if name not in real or (prior and prior not in real):

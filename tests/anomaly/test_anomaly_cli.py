@@ -120,6 +120,8 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path) -> None:
     ):
         assert (anat / name).is_file(), name
     assert (out / "sub-001" / "figures" / "sub-001_ses-bl_desc-anomaly_mosaic.png").is_file()
+    sidecar = json.loads((anat / "sub-001_ses-bl_space-MNI152NLin2009aSym_res-4_desc-anomaly_map.json").read_text())
+    assert sidecar["Units"] == "healthy standard deviations"  # trained and calibrated: standardised
     native = nib.load(str(anat / "sub-001_ses-bl_space-T1w_desc-anomaly_map.nii.gz"))
     raw = nib.load(str(datasets["screen"] / "sub-001" / "ses-bl" / "anat" / "sub-001_ses-bl_T1w.nii.gz"))
     assert native.shape == raw.shape and np.allclose(native.affine, raw.affine, atol=1e-4)

@@ -164,3 +164,49 @@ def test_slice_dataset_drops_priors_deterministically(make_scan) -> None:
     assert item["target"].shape == item["condition"].shape == (1, 16, 16)
     assert item["covariates"]["prior"] == "present"
     assert all(not p for i, _, p in ds.items if i == 1)  # no prior, never one
+
+
+def test_calibration_standardises_the_map_and_the_model_folder_keeps_the_references(
+    tiny_detector, make_scan, tmp_path
+) -> None:
+    from neurocast.anomaly.normative import RULE
+    from neurocast.anomaly.scores import artefact_features
+
+    det = tiny_detector
+    assert det.normative_ is not None and det.calibration_.extra["map"] == RULE
+    scan = make_scan(15, blob=True)
+    rmap, _, _ = det.residual_map(scan)
+    res = det.score(scan)
+    assert np.array_equal(res.anomaly_map, det.normative_.transform(rmap, det._region(scan)))
+    # the artefact features read the residual map, not the standardised one
+    feats = artefact_features(rmap, det._region(scan), scan.iqms)
+    assert res.features.keys() == feats.keys()
+    assert np.allclose(list(res.features.values()), list(feats.values()), equal_nan=True)
+    path = det.save(tmp_path / "model")
+    card = json.loads((path / "model_card.json").read_text())
+    assert "extra.safetensors" in card["files"] and card["extra"]["anomaly"]["normative"]["rule"] == RULE
+    again = AnomalyDetector.load(path)
+    assert np.array_equal(again.normative_.sd_, det.normative_.sd_)
+    (path / "extra.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="extra.safetensors: missing"):
+        AnomalyDetector.load(path)
+    card["files"].pop("extra.safetensors")
+    (path / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="reference maps .* are missing"):
+        AnomalyDetector.load(path)
+
+
+def test_without_normative_maps_the_map_is_the_residual(
+    tiny_detector, make_scan, blob_centre, tmp_path
+) -> None:
+    det = AnomalyDetector.load(tiny_detector.save(tmp_path / "model"))
+    det.normative = False
+    det.calibrate([make_scan(100 + i) for i in range(6)])
+    assert det.normative_ is None and det.calibration_.extra["map"] == "residual"
+    scan = make_scan(16, blob=True)
+    res = det.score(scan)
+    assert np.array_equal(res.anomaly_map, det.residual_map(scan)[0])
+    assert res.flag == "review-lesion" and res.mask[blob_centre]
+    again = AnomalyDetector.load(det.save(tmp_path / "raw"))
+    assert again.normative_ is None and not (tmp_path / "raw" / "extra.safetensors").exists()
+    assert np.array_equal(again.score(scan).anomaly_map, res.anomaly_map)

@@ -216,3 +216,20 @@ def test_torch_load_is_used_nowhere():
             ):
                 offenders.append(f"{py}:{node.lineno}")
     assert not offenders, offenders
+
+
+def test_extra_tensors_travel_with_the_checkpoint_and_are_verified(tmp_path, tiny3d) -> None:
+    from neurocast.backbone import load_extra_tensors
+
+    net = tiny3d
+    plain = save_checkpoint(tmp_path / "plain", net, seed=0)
+    assert load_extra_tensors(plain) == {}
+    extra = {"maps.mean": torch.arange(6, dtype=torch.float16).reshape(2, 3)}
+    path = save_checkpoint(tmp_path / "ckpt", net, seed=0, extra_tensors=extra)
+    got = load_extra_tensors(path)
+    assert set(got) == {"maps.mean"} and torch.equal(got["maps.mean"], extra["maps.mean"])
+    data = bytearray((path / "extra.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (path / "extra.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_extra_tensors(path)

@@ -11,6 +11,7 @@ image quality metrics), calibrated on healthy references at a chosen false-posit
                            :func:`prepare_scan` (preprocessing + IQMs)
 :mod:`.training`           axial slices, intensities and the prior as backbone training items
 :mod:`.maps`               residual -> anomaly map (erosion, median filter), masks, clusters
+:mod:`.normative`          the map standardised voxel by voxel against healthy references
 :mod:`.scores`             lesion score, artefact features and score
 :mod:`.calibration`        thresholds at a false-positive rate, flags, percentiles
 :mod:`.model`              :class:`AnomalyDetector` (fit, calibrate, score, save, load)

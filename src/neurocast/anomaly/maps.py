@@ -14,7 +14,9 @@ pDDPM 2023):
 3. thresholding (:func:`threshold_map`) keeps voxels above the calibrated voxel threshold and
    **removes connected components** smaller than ``min_voxels`` (6-connectivity).
 
-Units: the map is in normalised intensity units (white-matter peak = 1), like the images.
+Units: the map is in normalised intensity units (white-matter peak = 1), like the images. A
+calibrated detector then standardises it voxel by voxel against its healthy references
+(:mod:`neurocast.anomaly.normative`) before thresholding.
 
 Example:
     >>> import numpy as np

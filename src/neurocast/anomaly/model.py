@@ -8,12 +8,15 @@
 2. :meth:`~AnomalyDetector.calibrate` scores healthy reference scans (not used for training) and
    sets the thresholds at the chosen false-positive rate (:mod:`neurocast.anomaly.calibration`);
 3. :meth:`~AnomalyDetector.score` reconstructs a scan from partially noised copies, turns the
-   residual into an anomaly map (:mod:`neurocast.anomaly.maps`), scores it
+   residual into a residual map (:mod:`neurocast.anomaly.maps`), standardises it voxel by voxel
+   against the healthy references of the calibration into the anomaly map
+   (:mod:`neurocast.anomaly.normative`), scores it
    (:mod:`neurocast.anomaly.scores`) and flags it; the map is also brought back to the scan's
    native grid;
 4. :meth:`~AnomalyDetector.save` / :meth:`~AnomalyDetector.load`: a backbone checkpoint folder
    (safetensors + ``model_card.json``) whose card holds the detector's settings, grid and
-   calibration under ``extra.anomaly``.
+   calibration under ``extra.anomaly``; the references' mean and spread maps are in
+   ``extra.safetensors``.
 
 **Why 2-D axial slices on the 2 mm grid.** The targets are tumours of 6-25 mm radius and Dice
 against their masks, so the map needs the 2 mm grid (a 4 mm grid leaves a 6 mm tumour a handful
@@ -67,6 +70,8 @@ import torch
 from neurocast.anomaly.calibration import Calibration, calibrate_scores, voxel_threshold_from_maps
 from neurocast.anomaly.iqm import IQMResult
 from neurocast.anomaly.maps import Component, anomaly_map, components, eroded_mask, threshold_map
+from neurocast.anomaly.normative import RULE as NORMATIVE_RULE
+from neurocast.anomaly.normative import NormativeMaps
 from neurocast.anomaly.scan import Scan
 from neurocast.anomaly.scores import (
     ARTEFACT_SCORE_RULE,
@@ -90,6 +95,7 @@ from neurocast.backbone import (
     build_backbone,
     checkpoint_id,
     load_backbone,
+    load_extra_tensors,
     read_model_card,
     reconstruct,
     save_checkpoint,
@@ -106,6 +112,7 @@ _PARAMS = (
     "channels", "num_res_blocks", "noise_levels", "num_inference_steps", "n_steps", "batch_size",
     "lr", "warmup_steps", "prior_drop_prob", "min_brain_fraction", "erosion_mm", "median_size",
     "min_component_mm3", "voxel_quantile", "fpr", "inference_batch_size", "inference_dtype", "seed",
+    "normative", "normative_smoothing_mm", "normative_floor",
 )  # fmt: skip
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -115,8 +122,10 @@ class AnomalyResult:
     """What :meth:`AnomalyDetector.score` returns for one scan.
 
     Attributes:
-        anomaly_map: ``(X, Y, Z)`` float32 on ``grid`` (normalised intensity units), zero outside
-            the eroded brain mask.
+        anomaly_map: ``(X, Y, Z)`` float32 on ``grid``, zero outside the eroded brain mask: the
+            residual map standardised against the healthy references (healthy standard
+            deviations, :mod:`neurocast.anomaly.normative`), or, for a detector calibrated
+            without them, the residual map itself (normalised intensity units).
         mask: ``(X, Y, Z)`` bool: the map above the calibrated voxel threshold, clusters smaller
             than the detector's ``min_component_mm3`` removed.
         reconstruction: the pseudo-healthy image (mean over noise levels), on ``grid``.
@@ -206,6 +215,11 @@ class AnomalyDetector:
         prior_drop_prob: share of prior-carrying training slices also shown without the prior.
         min_brain_fraction: training slices need at least this share of brain.
         erosion_mm, median_size: post-processing (:func:`neurocast.anomaly.maps.anomaly_map`).
+        normative: standardise the map voxel by voxel against the calibration's healthy
+            references (:mod:`neurocast.anomaly.normative`; default); ``False`` keeps the
+            residual map, in normalised intensity units.
+        normative_smoothing_mm, normative_floor: the references' smoothing (mm) and the ``sd``
+            floor (fraction of its median), see :class:`~neurocast.anomaly.normative.NormativeMaps`.
         min_component_mm3: clusters smaller than this are removed from masks and scores.
         voxel_quantile: quantile of healthy map values that sets the voxel threshold.
         fpr: per-scan false-positive rate of the calibration.
@@ -220,8 +234,9 @@ class AnomalyDetector:
         progress: show progress bars.
 
     Fitted attributes: ``model_`` (the EMA backbone), ``config_``, ``grid_``, ``history_``,
-    ``training_`` (data summary), ``calibration_`` (after :meth:`calibrate`),
-    ``model_card_sha256_`` (after :meth:`load`/:meth:`save`).
+    ``training_`` (data summary), ``calibration_`` and ``normative_`` (after :meth:`calibrate`; the
+    reference maps, ``None`` when the map is not standardised), ``model_card_sha256_`` (after
+    :meth:`load`/:meth:`save`).
     """
 
     def __init__(
@@ -245,6 +260,9 @@ class AnomalyDetector:
         inference_batch_size: int = 32,
         inference_dtype: str = "bfloat16",
         seed: int = 0,
+        normative: bool = True,
+        normative_smoothing_mm: float = 2.0,
+        normative_floor: float = 0.1,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> None:
@@ -270,6 +288,9 @@ class AnomalyDetector:
             raise ValueError(f"inference_dtype must be one of {sorted(_DTYPES)}, got {inference_dtype!r}")
         self.inference_dtype = str(inference_dtype)
         self.seed = int(seed)
+        self.normative = bool(normative)
+        self.normative_smoothing_mm = float(normative_smoothing_mm)
+        self.normative_floor = float(normative_floor)
         self.device = device
         self.progress = bool(progress)
 
@@ -403,6 +424,7 @@ class AnomalyDetector:
                 "steps": init.training_.get("steps"),
             }
         self.calibration_: Calibration | None = None
+        self.normative_: NormativeMaps | None = None
         return self
 
     # ------------------------------------------------------------------ maps
@@ -447,19 +469,34 @@ class AnomalyDetector:
         residual[:, :, idx] = np.moveaxis(res, 0, -1)
         return recon.astype(np.float32), residual.astype(np.float32)
 
-    def anomaly_map(
+    def residual_map(
         self, scan: Scan, *, use_prior: bool = True
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(anomaly_map, reconstruction, residual)`` of a scan (see :mod:`~neurocast.anomaly.maps`)."""
+        """``(residual_map, reconstruction, residual)``: the post-processed residual
+        (:func:`neurocast.anomaly.maps.anomaly_map`, normalised intensity units) before any
+        standardisation."""
         recon, residual = self.reconstruct(scan, use_prior=use_prior)
-        amap = anomaly_map(
+        rmap = anomaly_map(
             residual,
             scan.brain_mask,
             spacing=scan.grid.spacing_mm,
             erosion_mm=self.erosion_mm,
             median_size=self.median_size,
         )
-        return amap, recon, residual
+        return rmap, recon, residual
+
+    def anomaly_map(
+        self, scan: Scan, *, use_prior: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(anomaly_map, reconstruction, residual)`` of a scan: the residual map, standardised
+        against the healthy references when the calibration holds them (``normative_``, units:
+        healthy standard deviations), else as is (normalised intensity units)."""
+        rmap, recon, residual = self.residual_map(scan, use_prior=use_prior)
+        return self._standardised(rmap, scan), recon, residual
+
+    def _standardised(self, rmap: np.ndarray, scan: Scan) -> np.ndarray:
+        norm = getattr(self, "normative_", None)
+        return rmap if norm is None else norm.transform(rmap, self._region(scan))
 
     def _region(self, scan: Scan) -> np.ndarray:
         return eroded_mask(scan.brain_mask, self.erosion_mm, scan.grid.spacing_mm)
@@ -481,13 +518,21 @@ class AnomalyDetector:
         self._check_fitted()
         if len(healthy_scans) < 2:
             raise ValueError("calibration needs at least two healthy reference scans")
-        maps, regions, feats = [], [], []
+        rmaps, regions, feats = [], [], []
         for s in healthy_scans:
-            amap, _, _ = self.anomaly_map(s)
+            self._check_grid(s)
+            rmap, _, _ = self.residual_map(s)
             region = self._region(s)
-            maps.append(amap)
+            rmaps.append(rmap)
             regions.append(region)
-            feats.append(artefact_features(amap, region, s.iqms))
+            feats.append(artefact_features(rmap, region, s.iqms))
+        self.normative_: NormativeMaps | None = None
+        maps = rmaps
+        if self.normative:
+            # each reference against the others: the thresholds then see a new scan's spread
+            norm = NormativeMaps(self.normative_smoothing_mm, self.normative_floor)
+            maps = norm.leave_one_out(rmaps, regions, self.grid_.spacing_mm)
+            self.normative_ = norm
         vthr = voxel_threshold_from_maps(maps, regions, self.voxel_quantile)
         vv = self.grid_.voxel_volume_mm3
         les = [lesion_score(m, vthr, min_voxels=self._min_voxels(), voxel_volume_mm3=vv) for m in maps]
@@ -502,6 +547,7 @@ class AnomalyDetector:
             extra={
                 "references": [s.source or f"scan {i}" for i, s in enumerate(healthy_scans)],
                 "artefact_score_rule": ARTEFACT_SCORE_RULE,
+                "map": NORMATIVE_RULE if self.normative_ is not None else "residual",
             },
         )
         return self
@@ -518,12 +564,13 @@ class AnomalyDetector:
         if cal is None:
             raise RuntimeError("this AnomalyDetector is not calibrated: call calibrate() first")
         t0 = time.perf_counter()
-        amap, recon, _ = self.anomaly_map(scan, use_prior=use_prior)
+        rmap, recon, _ = self.residual_map(scan, use_prior=use_prior)
+        amap = self._standardised(rmap, scan)
         region = self._region(scan)
         vv = self.grid_.voxel_volume_mm3
         comps = components(amap, cal.voxel_threshold, min_voxels=self._min_voxels(), voxel_volume_mm3=vv)
         les = comps[0].mass if comps else 0.0
-        feats = artefact_features(amap, region, scan.iqms)
+        feats = artefact_features(rmap, region, scan.iqms)  # the artefact features read the residual
         art = artefact_score(feats, cal.feature_reference)
         verdict = cal.assess(les, art)
         native = native_map(amap, scan) if scan.has_native else None
@@ -552,6 +599,7 @@ class AnomalyDetector:
         """The detector's part of the model card (``extra.anomaly``)."""
         self._check_fitted()
         cal = getattr(self, "calibration_", None)
+        norm = getattr(self, "normative_", None)
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -559,6 +607,8 @@ class AnomalyDetector:
             "grid": _grid_to_json(self.grid_),
             "grid_spacing_mm": list(self.grid_.spacing_mm),
             "calibration": cal.to_dict() if cal is not None else None,
+            # the reference maps themselves are in extra.safetensors (``normative.mean``, ``.sd``)
+            "normative": norm.to_arrays()[1] if norm is not None else None,
             "training": getattr(self, "training_", {}),
         }
 
@@ -570,6 +620,12 @@ class AnomalyDetector:
         """
         self._check_fitted()
         training = getattr(self, "training_", {})
+        norm = getattr(self, "normative_", None)
+        tensors = (
+            {f"normative.{k}": torch.from_numpy(v) for k, v in norm.to_arrays()[0].items()}
+            if norm is not None
+            else None
+        )
         out = save_checkpoint(
             path,
             self.model_,
@@ -577,6 +633,7 @@ class AnomalyDetector:
             data_summary=training.get("data_summary", {}),
             metrics=metrics,
             card_extra={"anomaly": self.card()},
+            extra_tensors=tensors,
         )
         self.model_card_sha256_ = checkpoint_id(out)
         return out
@@ -614,8 +671,26 @@ class AnomalyDetector:
         det.calibration_ = Calibration.from_dict(cal) if cal else None
         if det.calibration_ is not None:
             _warn_if_another_artefact_rule(det.calibration_, p)
+        det.normative_ = _load_normative(p, info, det.calibration_)
         det.model_card_sha256_ = checkpoint_id(p)
         return det
+
+
+def _load_normative(path: Path, info: dict[str, Any], cal: Calibration | None) -> NormativeMaps | None:
+    """The reference maps a calibration standardised its maps with (``None`` when it did not)."""
+    if cal is None or cal.extra.get("map") != NORMATIVE_RULE:
+        return None
+    tensors = load_extra_tensors(path)
+    arrays = {k.removeprefix("normative."): v.numpy() for k, v in tensors.items() if k.startswith("normative.")}
+    if not isinstance(info.get("normative"), dict) or set(arrays) != {"mean", "sd"}:
+        raise CheckpointError(
+            f"{path}: the calibration standardises the anomaly map, but the reference maps "
+            "(extra.safetensors: normative.mean, normative.sd; extra.anomaly.normative) are missing"
+        )
+    try:
+        return NormativeMaps.from_arrays(arrays, info["normative"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable reference maps ({exc})") from exc
 
 
 def _warn_if_another_artefact_rule(cal: Calibration, path: Path) -> None:

@@ -6,8 +6,9 @@ task (:func:`neurocast.io.batch.run_participants`), and writes BIDS derivatives 
 sidecars (:class:`neurocast.io.derivatives.DerivativesWriter`). Per session, in
 ``sub-<label>/ses-<label>/anat/`` (``res`` from the detector's grid):
 
-* ``<prefix>_space-MNI152NLin2009aSym_res-2_desc-anomaly_map.nii.gz``: the anomaly map (float32,
-  normalised intensity units, white-matter peak = 1);
+* ``<prefix>_space-MNI152NLin2009aSym_res-2_desc-anomaly_map.nii.gz``: the anomaly map (float32;
+  the reconstruction residual standardised against the detector's healthy references, in healthy
+  standard deviations; the sidecar's ``Units`` says which);
 * ``<prefix>_space-MNI152NLin2009aSym_res-2_desc-anomaly_mask.nii.gz``: the map above the
   calibrated voxel threshold, small clusters removed (uint8);
 * ``<prefix>_space-T1w_desc-anomaly_map.nii.gz``: the map on the scan's own grid;
@@ -201,6 +202,21 @@ def in_source_orientation(img: Any, source: str | os.PathLike[str]) -> Any:
     return out
 
 
+def map_sidecar(det: AnomalyDetector) -> dict[str, str]:
+    """``Units`` and ``Description`` of the anomaly map's JSON sidecar for this detector."""
+    described = (
+        "reconstruction residual of the neurocast anomaly detector, median filtered, inside the "
+        "eroded brain mask"
+    )
+    if getattr(det, "normative_", None) is None:
+        return {"Units": "normalised intensity (white-matter peak = 1)", "Description": described}
+    return {
+        "Units": "healthy standard deviations",
+        "Description": f"{described}, standardised voxel by voxel against the detector's healthy "
+        "references: max(residual - mean, 0) / (sd + floor)",
+    }
+
+
 def _figure_png(scan: Scan, result: AnomalyResult, threshold: float) -> bytes:
     from neurocast.anomaly.overlay import image_centre, overlay_png
 
@@ -297,11 +313,7 @@ def qa_participant(
                 prior_session_id=prior_ses.entity if prior_ses is not None else None,
                 preprocessing_passed=pp_passed,
             )  # fmt: skip
-            extra = {
-                "Units": "normalised intensity (white-matter peak = 1)",
-                "Description": "reconstruction residual of the neurocast anomaly detector, "
-                "median filtered, inside the eroded brain mask",
-            }
+            extra = map_sidecar(det)
             writer.write_nifti(f"{folder}/{names['map']}", result.map_image(), **prov, extra=extra)
             writer.write_nifti(
                 f"{folder}/{names['mask']}", result.mask_image(), **prov,

@@ -9,6 +9,8 @@ A checkpoint is a directory::
     optimizer.safetensors        AdamW state tensors            } needed to resume
     training_state.safetensors   RNG states (torch, numpy)      }
     training_state.json          step, epoch position, optimizer structure, GradScaler, python RNG
+    extra.safetensors            tensors of the card's ``extra`` section (optional; e.g. an anomaly
+                                 detector's healthy reference maps)
 
 Loading (:func:`load_backbone`, :func:`load_training_state`, :func:`verify_checkpoint`) refuses, with
 a :class:`~neurocast.errors.CheckpointError` naming the file:
@@ -63,6 +65,7 @@ RAW_FILE = "raw_model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_TENSORS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
+EXTRA_FILE = "extra.safetensors"
 
 _ROLES = {
     MODEL_FILE: "EMA weights (inference)",
@@ -70,6 +73,7 @@ _ROLES = {
     OPTIMIZER_FILE: "AdamW state tensors (resume)",
     STATE_TENSORS_FILE: "RNG states (resume)",
     STATE_JSON_FILE: "training position, optimizer structure, scaler, python RNG (resume)",
+    EXTRA_FILE: "tensors of the card's extra section (e.g. an anomaly calibration's reference maps)",
 }
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -236,6 +240,7 @@ def save_checkpoint(
     data_sha256: str | None = None,
     metrics: Mapping[str, Any] | None = None,
     card_extra: Mapping[str, Any] | None = None,
+    extra_tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a checkpoint directory (atomically: a reader never sees a half-written one).
 
@@ -249,6 +254,8 @@ def save_checkpoint(
             of the summary's canonical JSON, marked as such).
         metrics: measured metrics (JSON-serialisable).
         card_extra: more JSON for the card, under ``"extra"``.
+        extra_tensors: tensors that go with ``card_extra``, written to ``extra.safetensors``
+            (read back with :func:`load_extra_tensors`).
 
     Returns:
         The checkpoint directory.
@@ -264,6 +271,8 @@ def save_checkpoint(
             if raw_model.config != model.config:
                 raise ValueError("raw_model and model have different configs")
             _save_tensors(tmp / RAW_FILE, raw_model.state_dict(), "backbone-raw-weights")
+        if extra_tensors:
+            _save_tensors(tmp / EXTRA_FILE, extra_tensors, "card-extra-tensors")
         state_json: dict[str, Any] | None = None
         if optimizer is not None:
             opt_tensors, structure = _flatten_optimizer(optimizer.state_dict())
@@ -463,6 +472,16 @@ def load_backbone(
         model = build_backbone(cfg)
     load_state_into(model, p / name)
     return model.to(device).eval()
+
+
+def load_extra_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors saved with ``save_checkpoint(..., extra_tensors=...)`` (verified; ``{}`` when the
+    checkpoint has none)."""
+    p = Path(path)
+    card = verify_checkpoint(p)
+    if EXTRA_FILE not in card["files"]:
+        return {}
+    return load_safetensors(p / EXTRA_FILE)
 
 
 def load_training_state(

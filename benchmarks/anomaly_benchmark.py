@@ -82,6 +82,18 @@ SIZES = {
 }  # fmt: skip
 
 
+def cache_script_args(doc: str, argv: list[str] | None, out: str | None = None) -> argparse.Namespace:
+    """The command line of a script that reads this benchmark's cache: ``--work`` (required) and,
+    with ``out`` (a JSON file name in benchmarks/), ``--model`` (required), ``--threads`` and ``--out``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="the anomaly benchmark's --work folder")
+    if out is not None:
+        ap.add_argument("--model", type=Path, required=True, help="a trained anomaly model folder")
+        ap.add_argument("--threads", type=int, default=2)
+        ap.add_argument("--out", type=Path, default=HERE / out)
+    return ap.parse_args(argv)
+
+
 # ------------------------------------------------------------------------------------------------
 # data
 
@@ -309,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also simulate and preprocess a development cohort (``dev``: the test "
                          "cohort's settings at another seed) for choosing methods without "
                          "touching the test cohort; it is cached and not scored here")
+    ap.add_argument("--residual-map", action="store_true",
+                    help="calibrate and score on the residual map, without the voxel-wise "
+                         "standardisation against the references (the detector before 2026-12-06)")
     ap.add_argument("--model", type=Path, default=None,
                     help="use this trained model folder (e.g. from anomaly_train.py) instead of "
                          "training one; it is calibrated here")
@@ -393,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     # 3. train and calibrate
-    tag = f"-{args.model.name}" if args.model is not None else ""
+    tag = (f"-{args.model.name}" if args.model is not None else "") + ("-residual" if args.residual_map else "")
     model_dir = work / f"model{tag}"
     kw = {}
     if args.noise_levels:
@@ -428,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         train_seconds = time.perf_counter() - t0
         det.save(model_dir)
         log(f"trained {steps} steps in {train_seconds:.0f} s; loss {det.history_[-1]['loss']:.4f}")
+    det.normative = not args.residual_map
     det.calibrate(calib_scans, fpr=args.fpr)
     _portable_card(det, work)
     det.save(model_dir)  # with its calibration: usable by `neurocast qa --model`

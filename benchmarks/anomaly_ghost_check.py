@@ -16,7 +16,6 @@ and the feature on the real scans::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -52,11 +51,7 @@ def ghost_band_ratio(path: str | Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     from sklearn.metrics import roc_auc_score
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--work", type=Path, required=True, help="the anomaly benchmark's --work folder"
-    )
-    args = ap.parse_args(argv)
+    args = B.cache_script_args(__doc__, argv)
     work = args.work / "full"
     rows = []
     for cohort in ("dev", "lrtrain", "calib"):

@@ -23,7 +23,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -164,14 +163,7 @@ def _ratio(m: np.ndarray, region: np.ndarray, mean: np.ndarray, floor: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument(
-        "--work", type=Path, required=True, help="the anomaly benchmark's --work folder"
-    )
-    ap.add_argument("--model", type=Path, required=True, help="a trained anomaly model folder")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=HERE / "anomaly_normative_dev.json")
-    args = ap.parse_args(argv)
+    args = B.cache_script_args(__doc__, argv, "anomaly_normative_dev.json")
     work = args.work / "full"
     dev, refs = residual_maps(work, args.model, args.threads)
     keys = refs + list(dev["key"]) + [k for k in REAL if (work / "maps" / f"{k}.npz").is_file()]

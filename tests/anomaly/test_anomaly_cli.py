@@ -106,6 +106,22 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path) -> None:
     assert card["extra"]["anomaly"]["params"]["n_steps"] == 1
     assert card["extra"]["anomaly"]["training"]["steps"] == 1
 
+    # a site's own healthy scans recalibrate the trained weights (here: all four training visits)
+    site = tmp_path / "site-model"
+    run = CliRunner().invoke(cli, [
+        "train", "anomaly", str(datasets["train"]), str(site), "--calibrate-only", "--model", str(model),
+        "--fpr", "0.1", "-q",
+    ])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert "calibrated on 4 healthy scan(s) at FPR 0.1" in run.output
+    site_card = json.loads((site / "model_card.json").read_text())
+    assert site_card["files"]["model.safetensors"] == card["files"]["model.safetensors"]
+    summary = site_card["extra"]["anomaly"]["training"]["data_summary"]
+    assert summary["calibrated_on"]["participants"] == ["sub-001", "sub-002"]
+    assert site_card["extra"]["anomaly"]["normative"]["n_references"] == 4
+    run = CliRunner().invoke(cli, ["train", "anomaly", str(datasets["train"]), str(site), "--model", str(model)])
+    assert run.exit_code == 2 and "--calibrate-only" in run.output
+
     out = tmp_path / "qa"
     args = ["qa", str(datasets["screen"]), str(out), "participant", "--model", str(model), "-q"]
     run = CliRunner().invoke(cli, args)

@@ -56,6 +56,7 @@ from neurocast.errors import CheckpointError, InvalidDatasetError
 from neurocast.io.batch import BatchSummary, Skipped, run_participants
 from neurocast.io.bids import Participant, Session, discover
 from neurocast.io.derivatives import DerivativesWriter
+from neurocast.registration.template import Grid
 
 log = logging.getLogger(__name__)
 
@@ -489,6 +490,110 @@ def _healthy_sessions(bids_dir: Path) -> set[tuple[str, str]] | None:
     return set(zip(v.loc[ok, "participant_id"], v.loc[ok, "session_id"], strict=True))
 
 
+def _healthy_from(bids: Path) -> str:
+    return "simulation truth" if _healthy_sessions(bids) is not None else "all scans"
+
+
+def _healthy_scans(
+    bids: Path,
+    participant_label: Iterable[str] | None,
+    grid: Grid,
+    seed: int,
+    skull_stripped: bool | None,
+    work_dir: str | os.PathLike[str] | None,
+) -> dict[str, list[Scan]]:
+    """The healthy scans of a dataset, preprocessed, per participant label, in time order; each
+    after the first has the previous one as prior (an anomalous or failed session breaks the chain).
+
+    Healthy: the simulation truth's visits without tumour and artefact where the dataset has it,
+    otherwise every selected scan.
+    """
+    from neurocast.anomaly.scan import prepare_scan
+
+    ds = discover(bids, participant_label)
+    healthy = _healthy_sessions(bids)
+    if healthy is None:
+        log.warning("%s: no simulation truth; every selected scan is taken as healthy", bids)
+    per_subject: dict[str, list[Scan]] = {}
+    for p in ds.participants:
+        scans: list[Scan] = []
+        prev: Scan | None = None
+        for s in p.sessions:
+            if healthy is not None and (p.participant_id, s.entity) not in healthy:
+                prev = None  # an anomalous visit breaks the chain of priors
+                continue
+            try:
+                scan = prepare_scan(
+                    s.t1w[0], grid=grid, skull_stripped=skull_stripped, seed=seed, work_dir=work_dir
+                )
+            except Exception as exc:
+                log.warning("%s %s left out: %s", p.participant_id, s.entity, exc)
+                prev = None
+                continue
+            scans.append(scan.with_prior(prev) if prev is not None else scan)
+            prev = scan
+        if scans:
+            per_subject[p.label] = scans
+    return per_subject
+
+
+def calibrate_detector(
+    bids_dir: str | os.PathLike[str],
+    model_dir: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | AnomalyDetector | None = None,
+    participant_label: Iterable[str] | None = None,
+    fpr: float | None = None,
+    seed: int = 0,
+    skull_stripped: bool | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+) -> AnomalyDetector:
+    """Calibrate a trained detector on a site's own healthy scans and save it (weights unchanged).
+
+    A detector's thresholds, and the voxel-wise reference maps its anomaly map is standardised
+    against (:mod:`neurocast.anomaly.normative`), fit scans like its calibration references. On
+    another scanner or protocol, calibrate it on healthy scans from there first: every selected
+    healthy scan of ``bids_dir`` becomes a reference (healthy as in :func:`train_detector`).
+
+    Args:
+        bids_dir: a BIDS dataset of healthy scans (at least two).
+        model_dir: the checkpoint folder to write (replaced).
+        model: the detector to calibrate (folder, or an object, which is copied; default: the
+            shipped demo model); it needs not be calibrated.
+        participant_label: participants to use.
+        fpr: false-positive rate (default: the detector's).
+        seed: preprocessing seed.
+        skull_stripped: say whether inputs are skull-stripped (``None``: detected).
+        work_dir: parent folder of temporary files.
+
+    Returns:
+        The calibrated detector (also saved in ``model_dir``).
+
+    Raises:
+        InvalidDatasetError: fewer than two healthy scans could be preprocessed.
+    """
+    import copy
+
+    bids = Path(bids_dir)
+    if isinstance(model, AnomalyDetector):
+        det = copy.deepcopy(model)  # the caller's detector keeps its calibration
+    else:  # loaded afresh, never the cached screening detector
+        det = AnomalyDetector.load(default_model_dir() if model is None else Path(model))
+    per_subject = _healthy_scans(bids, participant_label, det.grid_, seed, skull_stripped, work_dir)
+    refs = [s for lab in sorted(per_subject) for s in per_subject[lab]]
+    if len(refs) < 2:
+        raise InvalidDatasetError(bids, "calibration needs at least two healthy scans that preprocess")
+    det.calibrate(refs, fpr=fpr)
+    det.training_.setdefault("data_summary", {})["calibrated_on"] = {
+        "bids_dir": str(bids.resolve()),
+        "participants": [f"sub-{x}" for x in sorted(per_subject)],
+        "n_scans": len(refs),
+        "healthy_from": _healthy_from(bids),
+    }
+    det.save(model_dir)
+    return det
+
+
 def train_detector(
     bids_dir: str | os.PathLike[str],
     model_dir: str | os.PathLike[str],
@@ -530,35 +635,12 @@ def train_detector(
     Raises:
         InvalidDatasetError: fewer than two participants with healthy scans.
     """
-    from neurocast.anomaly.scan import prepare_scan
     from neurocast.registration.template import working_grid
 
     bids = Path(bids_dir)
-    ds = discover(bids, participant_label)
-    healthy = _healthy_sessions(bids)
-    if healthy is None:
-        log.warning("%s: no simulation truth; every selected scan is taken as healthy", bids)
-    grid = working_grid(grid_spacing_mm)
-    per_subject: dict[str, list[Scan]] = {}
-    for p in ds.participants:
-        scans: list[Scan] = []
-        prev: Scan | None = None
-        for s in p.sessions:
-            if healthy is not None and (p.participant_id, s.entity) not in healthy:
-                prev = None  # an anomalous visit breaks the chain of priors
-                continue
-            try:
-                scan = prepare_scan(
-                    s.t1w[0], grid=grid, skull_stripped=skull_stripped, seed=seed, work_dir=work_dir
-                )
-            except Exception as exc:
-                log.warning("%s %s left out of training: %s", p.participant_id, s.entity, exc)
-                prev = None
-                continue
-            scans.append(scan.with_prior(prev) if prev is not None else scan)
-            prev = scan
-        if scans:
-            per_subject[p.label] = scans
+    per_subject = _healthy_scans(
+        bids, participant_label, working_grid(grid_spacing_mm), seed, skull_stripped, work_dir
+    )
     labels = sorted(per_subject)
     if len(labels) < 2:
         raise InvalidDatasetError(
@@ -584,7 +666,7 @@ def train_detector(
             "bids_dir": str(bids.resolve()),
             "train_participants": [f"sub-{x}" for x in train_labels],
             "calibration_participants": [f"sub-{x}" for x in cal_labels],
-            "healthy_from": "simulation truth" if healthy is not None else "all scans",
+            "healthy_from": _healthy_from(bids),
         },
         max_seconds=max_seconds,
     )

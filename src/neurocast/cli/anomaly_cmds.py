@@ -135,6 +135,15 @@ def qa(
 @click.option("--skull-stripped/--whole-head", default=None, help="Default: detected per scan.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for temporary files.")  # fmt: skip
+@click.option(
+    "--calibrate-only", is_flag=True,
+    help="Do not train: calibrate the weights of --model (default: the shipped demo model) on "
+    "every selected healthy scan of BIDS_DIR, e.g. a site's own healthy scans, and save to MODEL_DIR.",
+)  # fmt: skip
+@click.option(
+    "--model", "source_model", type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None, help="With --calibrate-only: the trained model folder to calibrate.",
+)  # fmt: skip
 @seed_option
 @threads_option
 @verbosity_options
@@ -154,6 +163,8 @@ def train_anomaly(
     calibration_fraction: float,
     skull_stripped: bool | None,
     work_dir: Path | None,
+    calibrate_only: bool,
+    source_model: Path | None,
     seed: int,
     n_threads: int | None,
     quiet: bool,
@@ -163,12 +174,29 @@ def train_anomaly(
 
     Healthy scans: a simulated cohort's visits without tumour or artefact (from its truth),
     otherwise every selected scan. Participants are split into training and calibration.
+
+    With --calibrate-only, an already trained model is calibrated on all of them instead: do this
+    with healthy scans from your own scanner and protocol before screening its scans.
     """
-    from neurocast.anomaly.workflow import train_detector
+    from neurocast.anomaly.workflow import calibrate_detector, train_detector
     from neurocast.registration.threads import set_threads
 
     set_threads(n_threads or 1)
     labels = [x for v in participant_label for x in v.replace(",", " ").split() if x] or None
+    if source_model is not None and not calibrate_only:
+        raise click.UsageError("--model goes with --calibrate-only (training starts from scratch)")
+    if calibrate_only:
+        det = calibrate_detector(
+            bids_dir, model_dir, model=source_model, participant_label=labels, fpr=fpr, seed=seed,
+            skull_stripped=skull_stripped, work_dir=work_dir,
+        )  # fmt: skip
+        cal = det.calibration_
+        assert cal is not None
+        click.echo(
+            f"calibrated on {cal.n_references} healthy scan(s) at FPR {cal.fpr:g}: lesion > "
+            f"{cal.lesion_threshold:.4g}, artefact > {cal.artefact_threshold:.4g} -> {model_dir}"
+        )
+        return
     det = train_detector(
         bids_dir, model_dir, participant_label=labels, calibration_fraction=calibration_fraction,
         grid_spacing_mm=grid_spacing_mm, seed=seed, skull_stripped=skull_stripped,

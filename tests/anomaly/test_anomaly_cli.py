@@ -121,6 +121,13 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path) -> None:
     assert site_card["extra"]["anomaly"]["normative"]["n_references"] == 4
     run = CliRunner().invoke(cli, ["train", "anomaly", str(datasets["train"]), str(site), "--model", str(model)])
     assert run.exit_code == 2 and "--calibrate-only" in run.output
+    # the Python API calibrates a copy: the caller's detector keeps its calibration
+    from neurocast.anomaly import AnomalyDetector
+    from neurocast.anomaly.workflow import calibrate_detector
+
+    mine = AnomalyDetector.load(model)
+    again = calibrate_detector(datasets["train"], tmp_path / "copy", model=mine)
+    assert mine.calibration_.n_references == 2 and again.calibration_.n_references == 4
 
     out = tmp_path / "qa"
     args = ["qa", str(datasets["screen"]), str(out), "participant", "--model", str(model), "-q"]

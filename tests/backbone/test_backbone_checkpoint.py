@@ -233,3 +233,20 @@ def test_extra_tensors_travel_with_the_checkpoint_and_are_verified(tmp_path, tin
     (path / "extra.safetensors").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="sha256"):
         load_extra_tensors(path)
+
+
+def test_the_same_weights_always_give_the_same_bytes(tmp_path, tiny3d) -> None:
+    """safetensors writes its metadata map in an arbitrary order; the files must not depend on it."""
+    from safetensors.torch import load, save
+
+    from neurocast.backbone.checkpoint import canonical_safetensors
+
+    paths = [save_checkpoint(tmp_path / f"c{i}", tiny3d, seed=0) / "model.safetensors" for i in range(8)]
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    assert len(digests) == 1
+    tensors = {"b": torch.ones(2), "a": torch.zeros(3, dtype=torch.float16)}
+    raw = {save(tensors, metadata={"format": "pt", "neurocast": "x", "z": "1"}) for _ in range(20)}
+    canon = {canonical_safetensors(r) for r in raw}
+    assert len(canon) == 1
+    again = load(next(iter(canon)))
+    assert torch.equal(again["a"], tensors["a"]) and torch.equal(again["b"], tensors["b"])

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from neurocast._version import __version__
 from neurocast.backbone.config import BackboneConfig
@@ -166,7 +166,23 @@ def load_safetensors(
 
 def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], kind: str) -> None:
     clean = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-    save_file(clean, str(path), metadata={"format": "pt", "neurocast": kind})
+    data = save(clean, metadata={"format": "pt", "neurocast": kind})
+    path.write_bytes(canonical_safetensors(data))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors writes the header's metadata map in an arbitrary order (a Rust hash map), so two
+    saves of the same tensors can differ in bytes and in sha256. Sorting the keys changes no
+    character count, so the header keeps its length and the tensor data its offsets.
+    """
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    canon = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    if len(canon) > n:  # cannot happen for ASCII names; keep what safetensors wrote
+        return data
+    return data[:8] + canon + b" " * (n - len(canon)) + data[8 + n :]
 
 
 def _json_default(o: Any) -> Any:

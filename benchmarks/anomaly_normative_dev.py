@@ -112,10 +112,11 @@ def evaluate(maps: dict[str, dict[str, np.ndarray]], refs: list[str], dev: pd.Da
         ref_maps, norm = rm, lambda m, r: m
     else:
         nm = NormativeMaps(smoothing_mm, floor)
-        ref_maps = nm.leave_one_out(rm, rr)
         if kind == "z":
+            ref_maps = nm.leave_one_out(rm, rr)
             norm = nm.transform
         else:  # ratio: the same smoothed mean, no spread
+            nm.fit(rm, rr)
             ref_maps = []
             for i in range(len(rm)):
                 others = NormativeMaps(smoothing_mm, floor).fit(

@@ -98,7 +98,13 @@ class NormativeMaps:
         Returns:
             ``self``.
         """
-        total, total_sq, count = self._sums(maps, regions)
+        self._fit_sums(self._sums(maps, regions), spacing, len(maps))
+        return self
+
+    def _fit_sums(
+        self, sums: tuple[np.ndarray, np.ndarray, np.ndarray], spacing: Sequence[float], n: int
+    ) -> None:
+        total, total_sq, count = sums
         self.spacing_ = tuple(float(s) for s in spacing)
         self.mean_, self.sd_ = self._moments(total, total_sq, count)
         covered = count > 0
@@ -106,8 +112,7 @@ class NormativeMaps:
             self.floor_fraction * float(np.median(self.sd_[covered])) if covered.any() else 0.0
         )
         self.floor_ = max(self.floor_, 1e-6)
-        self.n_references_ = len(maps)
-        return self
+        self.n_references_ = n
 
     def leave_one_out(
         self,
@@ -119,8 +124,9 @@ class NormativeMaps:
         full fit). Needs at least two maps."""
         if len(maps) < 2:
             raise ValueError("leave-one-out standardisation needs at least two reference maps")
-        self.fit(maps, regions, spacing)
-        total, total_sq, count = self._sums(maps, regions)
+        sums = self._sums(maps, regions)
+        self._fit_sums(sums, spacing, len(maps))
+        total, total_sq, count = sums
         out = []
         for m, r in zip(maps, regions, strict=True):
             keep = np.asarray(r, dtype=bool)

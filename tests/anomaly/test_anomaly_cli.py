@@ -84,13 +84,21 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(autouse=True)
-def _fast_preprocessing(monkeypatch) -> None:
+def _fast_preprocessing(monkeypatch) -> list[str]:
+    """The stand-in, counting the scans it preprocesses."""
     import neurocast.registration.preprocess as pp
 
-    monkeypatch.setattr(pp, "preprocess_t1w", fast_preprocess)
+    calls: list[str] = []
+
+    def counted(image, **kwargs):
+        calls.append(Path(image).name)
+        return fast_preprocess(image, **kwargs)
+
+    monkeypatch.setattr(pp, "preprocess_t1w", counted)
+    return calls
 
 
-def test_train_then_screen_a_simulated_dataset(datasets, tmp_path) -> None:
+def test_train_then_screen_a_simulated_dataset(datasets, tmp_path, _fast_preprocessing) -> None:
     model = tmp_path / "model"
     run = CliRunner().invoke(cli, [
         "train", "anomaly", str(datasets["train"]), str(model), "--steps", "50", "--max-minutes", "1e-6",
@@ -166,6 +174,16 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path) -> None:
 
     run = CliRunner().invoke(cli, args)  # resume: nothing recomputed
     assert run.exit_code == 0 and "2 skipped" in run.output, run.output
+    # each scan's preprocessing was written once (as `neurocast preprocess` writes it) and is
+    # read back when the screening itself is redone
+    assert (anat / "sub-001_ses-bl_desc-preproc_T1w.nii.gz").is_file()
+    for record_file in out.glob("sub-*/ses-*/anat/*_desc-qa.json"):
+        record_file.unlink()
+    _fast_preprocessing.clear()
+    run = CliRunner().invoke(cli, args)
+    assert run.exit_code == 0 and "2 done" in run.output, run.output
+    assert _fast_preprocessing == []
+    assert read_table(out / "qa.tsv", "anomaly_qa").equals(table)
     run = CliRunner().invoke(cli, ["qa", str(datasets["screen"]), str(out), "group", "-q"])
     assert run.exit_code == 0 and "4 scan(s)" in run.output, run.output
 

@@ -80,7 +80,7 @@ def _aligned_baseline_only(grid: Grid):
         return SimpleNamespace(
             sessions=keys, baseline=keys[0], images=dict.fromkeys(keys, image),
             masks=dict.fromkeys(keys, mask), native_to_template=dict.fromkeys(keys, np.eye(4)),
-            velocities={}, fits={}, qc={"passed": True},
+            velocities={}, fits={}, qc={"passed": True}, preprocessing={},
         )  # fmt: skip
 
     return fake_align

@@ -24,6 +24,11 @@ from the ``*_desc-qa.json`` files after every run (:func:`write_qa_table`, also 
 is the latest earlier session that was flagged ``pass`` and preprocessed cleanly, so an anomaly
 that appeared at one visit is still flagged at the next ones.
 
+**Preprocessing once.** A session's preprocessing is read back from the output folder where
+``neurocast preprocess`` or ``neurocast register`` wrote it with the same grid, seed and
+skull-stripping setting, and written there otherwise
+(:func:`neurocast.registration.preprocessed.preprocess_or_load`).
+
 **Resume.** A session whose ``desc-qa.json`` is complete for the same inputs (scan and prior),
 parameters, seed and model card is skipped; a participant whose sessions are all complete is
 reported as skipped.
@@ -54,7 +59,7 @@ from neurocast.anomaly.model import AnomalyDetector, AnomalyResult
 from neurocast.anomaly.scan import Scan
 from neurocast.errors import CheckpointError, InvalidDatasetError
 from neurocast.io.batch import BatchSummary, Skipped, run_participants
-from neurocast.io.bids import Participant, Session, discover
+from neurocast.io.bids import Participant, anat_folder, discover, file_prefix
 from neurocast.io.derivatives import DerivativesWriter
 from neurocast.registration.template import Grid
 
@@ -116,14 +121,6 @@ def load_detector(model: str | os.PathLike[str] | AnomalyDetector | None) -> Ano
     if getattr(det, "calibration_", None) is None:
         raise CheckpointError("the anomaly model is not calibrated (run its calibrate step first)")
     return det
-
-
-def _prefix(p: Participant, s: Session) -> str:
-    return f"{p.participant_id}_{s.entity}" if s.label else p.participant_id
-
-
-def _anat_dir(p: Participant, s: Session) -> str:
-    return f"{p.participant_id}/{s.entity}/anat" if s.label else f"{p.participant_id}/anat"
 
 
 def output_names(prefix: str, res: str) -> dict[str, str]:
@@ -251,7 +248,8 @@ def qa_participant(
         Exception: the first error of a session, after the other sessions were screened (so that
             the participant is reported as failed, with its log).
     """
-    from neurocast.registration.preprocess import preprocess_t1w, resolution_label
+    from neurocast.registration.preprocess import resolution_label
+    from neurocast.registration.preprocessed import preprocess_or_load
 
     det = detector
     grid = det.grid_
@@ -267,7 +265,7 @@ def qa_participant(
     for ses in participant.sessions:
         label = ses.label or ""
         source = ses.t1w[0]
-        prefix, folder = _prefix(participant, ses), _anat_dir(participant, ses)
+        prefix, folder = file_prefix(participant, ses), anat_folder(participant, ses)
         names = output_names(prefix, res)
         prior_ses = None
         if use_prior and prior_label is not None:
@@ -290,9 +288,9 @@ def qa_participant(
                 if row["flag"] == "pass" and row["preprocessing_passed"]:
                     prior_label = label
                 continue
-            result_pp = preprocess_t1w(
-                source, grid=grid, skull_stripped=skull_stripped, seed=seed, work_dir=work_dir,
-                on_fail="report",
+            result_pp, _ = preprocess_or_load(
+                writer, participant, ses, grid=grid, skull_stripped=skull_stripped, seed=seed,
+                work_dir=work_dir,
             )  # fmt: skip
             pp_passed = bool(result_pp.qc.get("passed"))
             scan = Scan.from_preprocessed(result_pp)
@@ -301,11 +299,11 @@ def qa_participant(
             if prior_ses is not None:
                 prior_scan = done.get(prior_label or "")
                 if prior_scan is None:  # the prior session was skipped: preprocess it again
-                    prior_scan = Scan.from_preprocessed(
-                        preprocess_t1w(prior_ses.t1w[0], grid=grid, skull_stripped=skull_stripped,
-                                       seed=seed, work_dir=work_dir, on_fail="report"),
-                        iqms=False,
+                    prior_pp, _ = preprocess_or_load(
+                        writer, participant, prior_ses, grid=grid, skull_stripped=skull_stripped,
+                        seed=seed, work_dir=work_dir,
                     )  # fmt: skip
+                    prior_scan = Scan.from_preprocessed(prior_pp, iqms=False)
                     done[prior_label or ""] = prior_scan
                 scan = scan.with_prior(prior_scan)
             result = det.score(scan, use_prior=use_prior)

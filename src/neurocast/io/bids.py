@@ -94,6 +94,30 @@ class Participant:
         return f"sub-{self.label}"
 
 
+def file_prefix(participant: Participant, session: Session) -> str:
+    """The BIDS file-name prefix of a participant's session.
+
+    Example:
+        >>> file_prefix(Participant("01", []), Session("bl", []))
+        'sub-01_ses-bl'
+        >>> file_prefix(Participant("01", []), Session(None, []))
+        'sub-01'
+    """
+    sub = participant.participant_id
+    return f"{sub}_{session.entity}" if session.label else sub
+
+
+def anat_folder(participant: Participant, session: Session) -> str:
+    """The session's ``anat`` folder, relative to a dataset's (or derivatives') root.
+
+    Example:
+        >>> anat_folder(Participant("01", []), Session("bl", []))
+        'sub-01/ses-bl/anat'
+    """
+    sub = participant.participant_id
+    return f"{sub}/{session.entity}/anat" if session.label else f"{sub}/anat"
+
+
 @dataclass
 class BIDSDataset:
     """What :func:`discover` found: the participants to process and the warnings met on the way."""

@@ -31,11 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from neurocast.io.batch import BatchSummary, Skipped, run_participants
-from neurocast.io.bids import Participant, Session, discover
+from neurocast.io.bids import Participant, Session, anat_folder, discover, file_prefix
 from neurocast.io.derivatives import DerivativesWriter
 from neurocast.progress.visits import session_covariates
-from neurocast.registration.workflows import _anat_dir as _folder
-from neurocast.registration.workflows import _prefix
 
 SPACE = "space-MNI152NLin2009aSym"
 
@@ -56,8 +54,8 @@ def forecast_subject_for(
     cov = session_covariates(participant, session)
     sub = participant.participant_id
     if registration_dir is not None:
-        folder = Path(registration_dir) / _folder(participant, session)
-        pre = _prefix(participant, session)
+        folder = Path(registration_dir) / anat_folder(participant, session)
+        pre = file_prefix(participant, session)
         image = next(folder.glob(f"{pre}_{SPACE}_res-*_desc-longitudinal_T1w.nii.gz"), None)
         if image is not None:
             subject = ForecastSubject(nib.load(str(image)), cov, sub, session.entity)
@@ -103,7 +101,7 @@ def forecast_participant(
 
             raise EmptySelectionError(f"{participant.participant_id}: no session {from_session!r} with a T1w scan")
     session = sessions[-1]
-    folder, pre = _folder(participant, session), _prefix(participant, session)
+    folder, pre = anat_folder(participant, session), file_prefix(participant, session)
     model_id = checkpoint_id(model.path_) if getattr(model, "path_", None) else "in-memory"
     params = {
         "step": "forecast", "horizons": [float(h) for h in horizons], "n_samples": int(n_samples),

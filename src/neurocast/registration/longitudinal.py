@@ -139,6 +139,9 @@ class SubjectAlignment:
             (voxel units of that grid), baseline -> follow-up.
         fits: per follow-up, the :class:`~neurocast.registration.svf.VelocityFit`.
         qc: see the module docstring; ``passed`` and ``reasons`` as in preprocessing.
+        params: the options used (for provenance).
+        preprocessing: per visit, its own preprocessing (native space; see
+            :func:`~neurocast.registration.preprocess.preprocess_t1w`).
     """
 
     sessions: list[str]
@@ -156,6 +159,7 @@ class SubjectAlignment:
     fits: dict[str, Any]
     qc: dict
     params: dict = field(default_factory=dict)
+    preprocessing: dict[str, PreprocessResult] = field(default_factory=dict)
 
     @property
     def follow_ups(self) -> list[str]:
@@ -293,6 +297,7 @@ def align_subject(
     differential_bias_mm: float | None = DIFFERENTIAL_BIAS_SIGMA_MM,
     fit_margin_mm: float | None = FIT_MARGIN_MM,
     anti_alias: bool = False,
+    preprocessed: Mapping[str, PreprocessResult] | None = None,
 ) -> SubjectAlignment:
     """Align all visits of one subject (see the module docstring for the method).
 
@@ -317,6 +322,11 @@ def align_subject(
             onto the grid (:func:`~neurocast.registration.transforms.resample`). Off by default:
             on the truth check of issue 4 it left the hippocampal figure unchanged
             (``benchmarks/simulate_truth_check.md``, item 15).
+        preprocessed: visits already preprocessed with the same ``seed`` and ``skull_stripped``
+            (e.g. read back by :func:`~neurocast.registration.preprocessed.load_preprocessed`);
+            only their native-space outputs are used, so their working grid may differ. The
+            other visits are preprocessed here. All of them end up in the result's
+            ``preprocessing``.
 
     Returns:
         A :class:`SubjectAlignment`.
@@ -349,8 +359,8 @@ def align_subject(
     seconds: dict[str, float] = {}
 
     # 1. each visit alone
-    pre: dict[str, PreprocessResult] = {}
-    for s in sessions:
+    pre: dict[str, PreprocessResult] = dict(preprocessed or {})
+    for s in (s for s in sessions if s not in pre):
         pre[s] = preprocess_t1w(
             visits[s],
             grid=grid,
@@ -548,6 +558,7 @@ def align_subject(
         fits=fits,
         qc=qc,
         params=params,
+        preprocessing={s: pre[s] for s in sessions},
     )
     if reasons:
         msg = f"longitudinal alignment of {sessions} failed quality control: " + "; ".join(reasons)

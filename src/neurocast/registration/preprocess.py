@@ -172,19 +172,8 @@ class PreprocessResult:
         return np.linalg.inv(self.native_to_template)
 
     def output_names(self, prefix: str) -> dict[str, str]:
-        """The BIDS file names :meth:`save` writes, by key."""
-        _check_prefix(prefix)
-        res = resolution_label(self.grid)
-        space = f"space-{TEMPLATE_NAME}_res-{res}"
-        return {
-            "image": f"{prefix}_{space}_desc-preproc_T1w.nii.gz",
-            "brain_mask": f"{prefix}_{space}_desc-brain_mask.nii.gz",
-            "native": f"{prefix}_desc-preproc_T1w.nii.gz",
-            "native_brain_mask": f"{prefix}_desc-brain_mask.nii.gz",
-            "xfm_to_template": f"{prefix}_from-T1w_to-{TEMPLATE_NAME}_mode-image_xfm.mat",
-            "xfm_to_native": f"{prefix}_from-{TEMPLATE_NAME}_to-T1w_mode-image_xfm.mat",
-            "qc": f"{prefix}_desc-preproc_qc.json",
-        }
+        """The BIDS file names :meth:`save` writes, by key (see :func:`output_names`)."""
+        return output_names(prefix, self.grid)
 
     def save(
         self, out_dir: str | os.PathLike[str], prefix: str, *, native: bool = True
@@ -232,6 +221,35 @@ class PreprocessResult:
             {"qc": self.qc, "params": self.params, "native_to_template": self.native_to_template},
         )
         return paths
+
+
+def output_names(prefix: str, grid: Grid) -> dict[str, str]:
+    """The BIDS file names of one scan's preprocessing outputs, by key.
+
+    Args:
+        prefix: ``sub-<label>`` or ``sub-<label>_ses-<label>``.
+        grid: the working grid of the template-space outputs (its spacing names ``res-``).
+
+    Returns:
+        ``image``, ``brain_mask`` (template space), ``native``, ``native_brain_mask``,
+        ``xfm_to_template``, ``xfm_to_native`` and ``qc`` file names.
+
+    Example:
+        >>> from neurocast.registration.template import working_grid
+        >>> output_names("sub-01_ses-bl", working_grid(2.0))["native"]
+        'sub-01_ses-bl_desc-preproc_T1w.nii.gz'
+    """
+    _check_prefix(prefix)
+    space = f"space-{TEMPLATE_NAME}_res-{resolution_label(grid)}"
+    return {
+        "image": f"{prefix}_{space}_desc-preproc_T1w.nii.gz",
+        "brain_mask": f"{prefix}_{space}_desc-brain_mask.nii.gz",
+        "native": f"{prefix}_desc-preproc_T1w.nii.gz",
+        "native_brain_mask": f"{prefix}_desc-brain_mask.nii.gz",
+        "xfm_to_template": f"{prefix}_from-T1w_to-{TEMPLATE_NAME}_mode-image_xfm.mat",
+        "xfm_to_native": f"{prefix}_from-{TEMPLATE_NAME}_to-T1w_mode-image_xfm.mat",
+        "qc": f"{prefix}_desc-preproc_qc.json",
+    }
 
 
 _PREFIX_RE = re.compile(r"^sub-[A-Za-z0-9]+(_ses-[A-Za-z0-9]+)?$")

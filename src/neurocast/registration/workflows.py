@@ -22,7 +22,7 @@ from typing import Any, Literal
 import pandas as pd
 
 from neurocast.io.batch import BatchSummary, Skipped, run_participants
-from neurocast.io.bids import BIDSDataset, Participant, Session, discover
+from neurocast.io.bids import BIDSDataset, Participant, Session, anat_folder, discover, file_prefix
 from neurocast.io.derivatives import DerivativesWriter
 
 AtlasLabels = Literal["subject", "template"]
@@ -38,14 +38,6 @@ QC_COLUMNS = [
     "skull_stripped",
     "reasons",
 ]
-
-
-def _prefix(p: Participant, s: Session) -> str:
-    return f"{p.participant_id}_{s.entity}" if s.label else p.participant_id
-
-
-def _anat_dir(p: Participant, s: Session) -> str:
-    return f"{p.participant_id}/{s.entity}/anat" if s.label else f"{p.participant_id}/anat"
 
 
 def preprocess_session(
@@ -70,65 +62,24 @@ def preprocess_session(
             still written, with ``passed = false`` and the reasons).
     """
     from neurocast.registration.preprocess import preprocess_t1w
+    from neurocast.registration.preprocessed import save_preprocessed, saved_qc_record
     from neurocast.registration.template import working_grid
-    from neurocast.registration.transforms import write_ants_affine
 
     source = session.t1w[0]
-    params = {
-        "grid_spacing_mm": grid_spacing_mm,
-        "skull_stripped": skull_stripped,
-        "step": "preprocess",
-    }
-    prov = {"inputs": [source], "parameters": params, "seed": seed}
-    prefix, folder = _prefix(participant, session), _anat_dir(participant, session)
-    qc_rel = f"{folder}/{prefix}_desc-preproc_qc.json"
-    if not force and writer.is_complete(qc_rel, **prov):
-        import json
-
-        record = json.loads(writer.path(qc_rel).read_text())
-        if record["row"]["passed"]:  # a failed session is retried, never counted as done
+    grid = working_grid(grid_spacing_mm)
+    if not force:
+        record = saved_qc_record(
+            writer, participant, session, grid=grid, skull_stripped=skull_stripped, seed=seed
+        )
+        if record is not None and record["row"]["passed"]:  # a failed session is retried
             return {**record["row"], "skipped": True}
 
     result = preprocess_t1w(
-        source,
-        grid=working_grid(grid_spacing_mm),
-        skull_stripped=skull_stripped,
-        seed=seed,
-        work_dir=work_dir,
+        source, grid=grid, skull_stripped=skull_stripped, seed=seed, work_dir=work_dir,
         on_fail="report",
-    )
-    qc = result.qc
-    row = {
-        "participant_id": participant.participant_id,
-        "session_id": session.entity or "n/a",
-        "source": str(source),
-        "passed": bool(qc.get("passed")),
-        "similarity": qc.get("similarity"),
-        "mask_volume_ml": qc.get("mask_volume_ml"),
-        "skull_stripped": result.skull_stripped,
-        "reasons": "; ".join(qc.get("reasons", [])) or "n/a",
-    }
-    if row["passed"]:
-        names = result.output_names(prefix)
-        writer.write_nifti(f"{folder}/{names['image']}", result.image, **prov)
-        writer.write_nifti(f"{folder}/{names['brain_mask']}", result.brain_mask, **prov)
-        writer.write_nifti(f"{folder}/{names['native']}", result.native, **prov)
-        writer.write_nifti(
-            f"{folder}/{names['native_brain_mask']}", result.native_brain_mask, **prov
-        )
-        writer.write_with(
-            f"{folder}/{names['xfm_to_template']}",
-            lambda tmp: write_ants_affine(result.template_to_native, tmp),
-            **prov,
-        )
-        writer.write_with(
-            f"{folder}/{names['xfm_to_native']}",
-            lambda tmp: write_ants_affine(result.native_to_template, tmp),
-            **prov,
-        )
-    # the QC record is written last: its presence (with a matching hash) marks the session done
-    writer.write_json(
-        qc_rel, {"row": row, "qc": qc, "native_to_template": result.native_to_template}, **prov
+    )  # fmt: skip
+    row = save_preprocessed(
+        writer, participant, session, result, skull_stripped=skull_stripped, seed=seed
     )
     if not row["passed"]:
         from neurocast.errors import RegistrationFailedError
@@ -269,6 +220,11 @@ def register_participant(
     volume-change (Jacobian) map on the baseline and the regional volume change on the default
     atlas (``desc-regionalchange_volumes.tsv``); per participant the baseline regional volumes and
     a QC record. Raises :class:`~neurocast.errors.RegistrationFailedError` when alignment fails.
+
+    Each visit's preprocessing is read back from the output folder where an earlier step
+    (``neurocast preprocess``, or this one on a rerun) wrote it with the same grid, seed and
+    skull-stripping setting, and written there otherwise, under the preprocess step's names, for
+    the steps that follow (:mod:`neurocast.registration.preprocessed`).
     """
     import json
 
@@ -278,6 +234,7 @@ def register_participant(
     from neurocast.registration.atlas import load_atlas
     from neurocast.registration.deformation import volume_change_map
     from neurocast.registration.longitudinal import align_subject
+    from neurocast.registration.preprocessed import load_preprocessed, save_preprocessed
     from neurocast.registration.svf import REGIONAL_CHANGE_REGULARIZATION, regional_change_radius
     from neurocast.registration.template import TEMPLATE_NAME, working_grid
     from neurocast.registration.transforms import write_ants_affine
@@ -311,11 +268,23 @@ def register_participant(
             raise Skipped(done)
 
     grid = working_grid(grid_spacing_mm)
+    saved = {}
+    for k, s in sessions.items():
+        found = load_preprocessed(
+            writer, participant, s, grid=grid, skull_stripped=skull_stripped, seed=seed
+        )
+        if found is not None:
+            saved[k] = found
     al = align_subject(
         {k: s.t1w[0] for k, s in sessions.items()}, grid=grid, field_spacing_mm=field_spacing_mm,
         seed=seed, skull_stripped=skull_stripped, work_dir=work_dir, on_fail="report",
-        fit_options={"regularization": regularization, "radius": radius},
+        fit_options={"regularization": regularization, "radius": radius}, preprocessed=saved,
     )  # fmt: skip
+    for k, done in al.preprocessing.items():
+        if k not in saved and done.qc.get("passed"):  # for the next step (qa) and reruns
+            save_preprocessed(
+                writer, participant, sessions[k], done, skull_stripped=skull_stripped, seed=seed
+            )
     res = f"{grid_spacing_mm:g}".replace(".", "p")
     fres = f"{field_spacing_mm:g}".replace(".", "p")
     space = f"space-{TEMPLATE_NAME}"
@@ -340,7 +309,7 @@ def register_participant(
                 "--atlas-labels template measures on the template atlas instead"
             ) from err
         writer.write_nifti(
-            f"{_anat_dir(participant, base_ses)}/{_prefix(participant, base_ses)}_{space}_"
+            f"{anat_folder(participant, base_ses)}/{file_prefix(participant, base_ses)}_{space}_"
             f"res-{res}_atlas-{atlas_name}_desc-subject_dseg.nii.gz", labels, **prov,
             extra={"Description": f"the '{atlas_name}' atlas regions fitted to this subject's "
                    "baseline (affine + SyN); neurocast register measures regional change on them"},
@@ -350,8 +319,8 @@ def register_participant(
     rows = []
     for key in al.sessions:
         ses = sessions[key]
-        folder = _anat_dir(participant, ses)
-        pre = _prefix(participant, ses)
+        folder = anat_folder(participant, ses)
+        pre = file_prefix(participant, ses)
         writer.write_nifti(
             f"{folder}/{pre}_{space}_res-{res}_desc-longitudinal_T1w.nii.gz", al.images[key], **prov
         )

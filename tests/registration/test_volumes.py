@@ -16,11 +16,14 @@ from neurocast.registration.atlas import Atlas, load_atlas, template_on_grid
 from neurocast.registration.template import load_template, working_grid
 from neurocast.registration.transforms import resample
 from neurocast.registration.volumes import (
+    SUBJECT_CC_RADIUS,
+    SUBJECT_SYN_ITERATIONS,
     atlas_to_native,
     atlas_to_subject,
     change_table,
     regional_volume_change,
     regional_volumes,
+    subject_syn_params,
     volumes_table,
     write_volumes_tsv,
 )
@@ -177,6 +180,28 @@ def test_atlas_to_native_default_schedule_reaches_the_atlas_grid(monkeypatch, tm
     assert not list(tmp_path.iterdir())  # the temporary folder is removed on failure too
 
 
+def test_atlas_to_subject_default_schedule_is_the_subject_schedule(monkeypatch, tmp_path):
+    """The subject fit starts from an image already aligned to the template: its affine
+    refinement stops at 4 mm and SyN correlates over the narrow window (benchmarks/atlas_subject_fit.md)."""
+    import neurocast.registration._syn as syn
+
+    seen = {}
+
+    def fake_register_syn(fixed, moving, *, params, **kwargs):
+        seen["params"] = params
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(syn, "register_syn", fake_register_syn)
+    g = working_grid(8.0)
+    img = nib.Nifti1Image(np.ones(g.shape, np.float32), g.affine)
+    with pytest.raises(RuntimeError, match="stop here"):
+        atlas_to_subject(img, nib.Nifti1Image(np.ones(g.shape, np.uint8), g.affine), load_atlas(g),
+                         work_dir=tmp_path)  # fmt: skip
+    params = seen["params"]
+    assert params == subject_syn_params() and params.cc_radius == SUBJECT_CC_RADIUS == 1
+    assert params.linear_iterations[-1] == 0 and params.syn_iterations == SUBJECT_SYN_ITERATIONS
+
+
 def test_atlas_to_subject_follows_a_non_linear_change_of_anatomy(tmp_path):
     """A template brain bent by a smooth non-linear warp: the fitted labels follow the bend, so
     they disagree with the bent atlas far less than the template atlas does."""
@@ -195,7 +220,8 @@ def test_atlas_to_subject_follows_a_non_linear_change_of_anatomy(tmp_path):
     truth = bend(atlas.data, 0)
     image = nib.Nifti1Image(subject.astype(np.float32), g.affine)
     mask = nib.Nifti1Image((truth > 0).astype(np.uint8), g.affine)
-    quick = SynParams(linear=("Affine",), linear_iterations=(50, 20, 0), syn_iterations=(40, 20, 0))
+    quick = SynParams(linear=("Affine",), linear_iterations=(50, 20, 0), syn_iterations=(40, 20, 0),
+                      cc_radius=SUBJECT_CC_RADIUS)  # fmt: skip
     lab = atlas_to_subject(image, mask, atlas, params=quick, work_dir=tmp_path)
     assert lab.shape == g.shape and np.allclose(lab.affine, g.affine)
     assert not list(tmp_path.iterdir())  # temporary files removed

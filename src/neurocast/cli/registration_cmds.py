@@ -123,7 +123,7 @@ def preprocess(
     default="subject",
     show_default=True,
     help="Regions for the regional volume change: the atlas fitted to each participant's "
-    "baseline (affine + SyN, about 30 s more per participant), or the template atlas as it is.",
+    "baseline (affine + SyN, about 20 s more per participant), or the template atlas as it is.",
 )
 @click.option("--skull-stripped/--whole-head", default=None, help="Default: detected per scan.")
 @seed_option

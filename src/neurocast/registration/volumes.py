@@ -284,6 +284,31 @@ Measured on the truth check's 6 simulated subjects (``benchmarks/simulate_truth_
 native schedule, :data:`NATIVE_SYN_ITERATIONS`) gave 0.83-0.91 at about 140 s and no better
 regional change."""
 
+SUBJECT_CC_RADIUS: int = 1
+"""Cross-correlation radius (voxels of each level) of :func:`atlas_to_subject`'s SyN.
+
+At the 8 and 4 mm levels a radius of 1 (a 3 x 3 x 3 window: 24 and 12 mm) is as wide as the
+structures being matched; ANTs' correlation costs about the cube of the window, so radius 2 made
+the 4 mm level most of the fit's time. With this radius and the affine refinement stopping at
+4 mm (:func:`subject_syn_params`), the fit takes less than half the time with the same labels:
+``benchmarks/atlas_subject_fit.md``."""
+
+
+def subject_syn_params() -> SynParams:
+    """The registration schedule of :func:`atlas_to_subject`.
+
+    The image is already affinely aligned to the template (by
+    :func:`~neurocast.registration.longitudinal.align_subject`), so the affine refinement stops
+    at 4 mm; SyN then runs :data:`SUBJECT_SYN_ITERATIONS` with correlation radius
+    :data:`SUBJECT_CC_RADIUS`.
+    """
+    from neurocast.registration._syn import SynParams
+
+    return SynParams(
+        linear=("Affine",), linear_iterations=(200, 100, 0),
+        syn_iterations=SUBJECT_SYN_ITERATIONS, cc_radius=SUBJECT_CC_RADIUS,
+    )  # fmt: skip
+
 
 @dataclass(frozen=True)
 class _ScanInTemplateSpace:
@@ -310,8 +335,8 @@ def atlas_to_subject(
     subject's: a region's labels then take in neighbouring tissue (the hippocampus some of the
     temporal horn, whose expansion offsets its atrophy). Here the skull-stripped ``image`` (e.g.
     the subject's aligned baseline from :func:`~neurocast.registration.longitudinal.align_subject`)
-    is registered deformably to the template (affine refinement, then SyN with cross-correlation,
-    :data:`SUBJECT_SYN_ITERATIONS`), and the atlas labels are pulled through the inverse map, as
+    is registered deformably to the template (affine refinement, then SyN with cross-correlation:
+    :func:`subject_syn_params`), and the atlas labels are pulled through the inverse map, as
     :func:`atlas_to_native` does for a native scan. Labels outside ``brain_mask`` are dropped.
 
     Args:
@@ -319,8 +344,7 @@ def atlas_to_subject(
         brain_mask: its brain mask (same grid).
         atlas: default :func:`load_atlas`.
         seed: ANTs random seed.
-        params: registration schedule (default: :func:`native_syn_params` with
-            :data:`SUBJECT_SYN_ITERATIONS`).
+        params: registration schedule (default: :func:`subject_syn_params`).
         interpolation: ``"genericLabel"`` (default) or ``"nearestNeighbor"``.
         work_dir: parent of the temporary ANTs folder (always removed).
 
@@ -332,7 +356,7 @@ def atlas_to_subject(
         >>> labels = atlas_to_subject(baseline_img, mask_img)  # doctest: +SKIP
         >>> regional_volume_change(jacobian, labels, load_atlas().regions)  # doctest: +SKIP
     """
-    params = native_syn_params(SUBJECT_SYN_ITERATIONS) if params is None else params
+    params = subject_syn_params() if params is None else params
     scan = _ScanInTemplateSpace(image, brain_mask)
     return atlas_to_native(scan, atlas, seed=seed, params=params, interpolation=interpolation,
                            restrict_to_mask=True, work_dir=work_dir)  # fmt: skip

@@ -56,7 +56,7 @@ def fit_one(task: tuple[str, str, list[str]]) -> list[dict]:
     root = Path(work)
     atlas, grid = load_atlas(), working_grid(2.0)
     image = sorted((root / "out").glob(f"{sub}/**/*desc-longitudinal_T1w.nii.gz"))[0]
-    mask = Path(str(image).replace("desc-longitudinal_T1w", "desc-brain_mask"))
+    mask = Path(str(image).replace("desc-longitudinal_T1w", "desc-longitudinal_mask"))
     truth = truth_labels_on_grid(root / "bids", root / "out", sub, grid)
     rows = []
     for name in names:

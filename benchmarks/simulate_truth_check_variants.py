@@ -234,14 +234,14 @@ def main() -> None:
                 if variant.get("mask") == "common":  # register's: majority of the visits' masks
                     visit_masks = [
                         np.asarray(nib.load(f).dataobj) > 0
-                        for f in sorted((out / sub).glob(f"**/{sub}_ses-*_*desc-brain_mask.nii.gz"))
+                        for f in sorted((out / sub).glob(f"**/{sub}_ses-*_*desc-longitudinal_mask.nii.gz"))
                     ]
                     mask = np.mean(visit_masks, axis=0) > 0.5
                 else:  # the baseline's own mask
                     mask = (
                         np.asarray(
                             nib.load(
-                                _one(out / sub, f"**/{sub}_ses-bl_*desc-brain_mask.nii.gz")
+                                _one(out / sub, f"**/{sub}_ses-bl_*desc-longitudinal_mask.nii.gz")
                             ).dataobj
                         )
                         > 0

@@ -189,3 +189,12 @@ def test_register_reuses_the_preprocess_step_and_leaves_its_own_for_the_next(tmp
     calls.clear()
     summary, qc = preprocess_dataset(root, other, grid_spacing_mm=SPACING, progress=False)
     assert calls == [] and summary.n_skipped == 2 and len(qc) == 3 and qc["passed"].all()
+    # register's own outputs (its per-visit mask included) leave the preprocessing intact
+    writer = DerivativesWriter(other)
+    for participant in discover(root).participants:
+        for session in participant.sessions:
+            assert load_preprocessed(writer, participant, session, grid=grid) is not None
+    anat = other / "sub-01" / "ses-bl" / "anat"
+    assert (
+        anat / "sub-01_ses-bl_space-MNI152NLin2009aSym_res-8_desc-longitudinal_mask.nii.gz"
+    ).is_file()

@@ -58,7 +58,7 @@ def make_output(
             w.write_json(f"{folder}/{pre}_desc-preproc_qc.json", {"row": row, "qc": {}}, **prov)
             w.write_nifti(f"{folder}/{pre}_{SPACE}_desc-preproc_T1w.nii.gz", _img(vol), **prov)
             w.write_nifti(f"{folder}/{pre}_{SPACE}_desc-longitudinal_T1w.nii.gz", _img(vol), **prov)
-            w.write_nifti(f"{folder}/{pre}_{SPACE}_desc-brain_mask.nii.gz", _img(brain), **prov)
+            w.write_nifti(f"{folder}/{pre}_{SPACE}_desc-longitudinal_mask.nii.gz", _img(brain), **prov)
             if k:
                 jac = 1 - 0.05 * brain * rng.random(SHAPE)
                 w.write_nifti(f"{folder}/{pre}_from-sesbl_{SPACE}_desc-jacobian_map.nii.gz",

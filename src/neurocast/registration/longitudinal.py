@@ -183,7 +183,8 @@ class SubjectAlignment:
 
         Names (``sub-<subject>_ses-<session>_`` prefix; ``res`` from the grids):
         ``space-MNI152NLin2009aSym_res-2_desc-longitudinal_T1w.nii.gz``,
-        ``space-MNI152NLin2009aSym_res-2_desc-brain_mask.nii.gz`` (the visit's own mask),
+        ``space-MNI152NLin2009aSym_res-2_desc-longitudinal_mask.nii.gz`` (the visit's own mask;
+        ``desc-brain_mask`` is preprocessing's, in the template space of the visit alone),
         ``from-T1w_to-MNI152NLin2009aSym_mode-image_desc-longitudinal_xfm.mat`` (ANTs, template
         points -> visit points), per follow-up
         ``space-MNI152NLin2009aSym_res-4_desc-velocity_xfm.nii.gz`` (4-D, voxel units of its grid,
@@ -208,7 +209,7 @@ class SubjectAlignment:
             pre = f"{sub}_{ses}"
             p = out / f"{pre}_space-{TEMPLATE_NAME}_res-{res}_desc-longitudinal_T1w.nii.gz"
             paths[f"{s}:image"] = write_nifti_atomic(p, self.images[s])
-            p = out / f"{pre}_space-{TEMPLATE_NAME}_res-{res}_desc-brain_mask.nii.gz"
+            p = out / f"{pre}_space-{TEMPLATE_NAME}_res-{res}_desc-longitudinal_mask.nii.gz"
             paths[f"{s}:mask"] = write_nifti_atomic(p, self.masks[s])
             p = out / f"{pre}_from-T1w_to-{TEMPLATE_NAME}_mode-image_desc-longitudinal_xfm.mat"
             paths[f"{s}:xfm"] = write_ants_affine(np.linalg.inv(self.native_to_template[s]), p)

@@ -325,7 +325,7 @@ def register_participant(
             f"{folder}/{pre}_{space}_res-{res}_desc-longitudinal_T1w.nii.gz", al.images[key], **prov
         )
         writer.write_nifti(
-            f"{folder}/{pre}_{space}_res-{res}_desc-brain_mask.nii.gz", al.masks[key], **prov
+            f"{folder}/{pre}_{space}_res-{res}_desc-longitudinal_mask.nii.gz", al.masks[key], **prov
         )
         mat = np.linalg.inv(al.native_to_template[key])
         writer.write_with(

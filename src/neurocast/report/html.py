@@ -322,8 +322,9 @@ def _registration(sub_dir: Path, pid: str, figs: _Figures) -> dict[str, Any] | N
         if jacs and len(images) > 1:
             base_img = images[0]
 
-            masks = sorted(
-                base_img.parent.glob(f"{_prefix_of(base_img.name)}_space-*_desc-brain_mask.nii.gz")
+            stem = f"{_prefix_of(base_img.name)}_space-*"
+            masks = sorted(base_img.parent.glob(f"{stem}_desc-longitudinal_mask.nii.gz")) or sorted(
+                base_img.parent.glob(f"{stem}_desc-brain_mask.nii.gz")
             )
 
             def atrophy():

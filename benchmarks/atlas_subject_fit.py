@@ -136,7 +136,10 @@ def main() -> None:
         f"thread per fit, {args.jobs} fits at a time; labels against the simulator's true labels.",
         "", *table, "",
     ])  # fmt: skip
-    args.out.write_text(text)
+    notes = ""
+    if args.out.exists() and "\n## Notes" in (old := args.out.read_text()):
+        notes = "\n" + old[old.index("\n## Notes") + 1 :]  # kept across runs
+    args.out.write_text(text + notes)
     print(text)
 
 

@@ -157,9 +157,8 @@ def test_atlas_to_native_recovers_a_shifted_template(tmp_path):
     assert not a[~mask].any()  # restricted to the brain mask
 
 
-def test_atlas_to_native_default_schedule_reaches_the_atlas_grid(monkeypatch, tmp_path):
-    """By default SyN also iterates at the atlas's own resolution (the 4 mm stop left the
-    ventricles' edges loose: atlas leave-one-out error 24 % instead of 14 %)."""
+def _default_schedule(monkeypatch, fit) -> SynParams:
+    """The SyN schedule ``fit(image, mask, atlas)`` hands to ANTs (which is never run), on 8 mm."""
     import neurocast.registration._syn as syn
 
     seen = {}
@@ -171,10 +170,19 @@ def test_atlas_to_native_default_schedule_reaches_the_atlas_grid(monkeypatch, tm
     monkeypatch.setattr(syn, "register_syn", fake_register_syn)
     g = working_grid(8.0)
     img = nib.Nifti1Image(np.ones(g.shape, np.float32), g.affine)
-    scan = _Scan(img, nib.Nifti1Image(np.ones(g.shape, np.uint8), g.affine), np.eye(4))
     with pytest.raises(RuntimeError, match="stop here"):
-        atlas_to_native(scan, load_atlas(g), work_dir=tmp_path)
-    params = seen["params"]
+        fit(img, nib.Nifti1Image(np.ones(g.shape, np.uint8), g.affine), load_atlas(g))
+    return seen["params"]
+
+
+def test_atlas_to_native_default_schedule_reaches_the_atlas_grid(monkeypatch, tmp_path):
+    """By default SyN also iterates at the atlas's own resolution (the 4 mm stop left the
+    ventricles' edges loose: atlas leave-one-out error 24 % instead of 14 %)."""
+
+    def fit(img, mask, atlas):
+        atlas_to_native(_Scan(img, mask, np.eye(4)), atlas, work_dir=tmp_path)
+
+    params = _default_schedule(monkeypatch, fit)
     assert params.syn_shrink[-1] == 1 and params.syn_iterations[-1] > 0
     assert params.linear == ("Affine",)
     assert not list(tmp_path.iterdir())  # the temporary folder is removed on failure too
@@ -182,22 +190,13 @@ def test_atlas_to_native_default_schedule_reaches_the_atlas_grid(monkeypatch, tm
 
 def test_atlas_to_subject_default_schedule_is_the_subject_schedule(monkeypatch, tmp_path):
     """The subject fit starts from an image already aligned to the template: its affine
-    refinement stops at 4 mm and SyN correlates over the narrow window (benchmarks/atlas_subject_fit.md)."""
-    import neurocast.registration._syn as syn
+    refinement stops at 4 mm and SyN correlates over the narrow window
+    (``benchmarks/atlas_subject_fit.md``)."""
 
-    seen = {}
+    def fit(img, mask, atlas):
+        atlas_to_subject(img, mask, atlas, work_dir=tmp_path)
 
-    def fake_register_syn(fixed, moving, *, params, **kwargs):
-        seen["params"] = params
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(syn, "register_syn", fake_register_syn)
-    g = working_grid(8.0)
-    img = nib.Nifti1Image(np.ones(g.shape, np.float32), g.affine)
-    with pytest.raises(RuntimeError, match="stop here"):
-        atlas_to_subject(img, nib.Nifti1Image(np.ones(g.shape, np.uint8), g.affine), load_atlas(g),
-                         work_dir=tmp_path)  # fmt: skip
-    params = seen["params"]
+    params = _default_schedule(monkeypatch, fit)
     assert params == subject_syn_params() and params.cc_radius == SUBJECT_CC_RADIUS == 1
     assert params.linear_iterations[-1] == 0 and params.syn_iterations == SUBJECT_SYN_ITERATIONS
 

@@ -202,8 +202,8 @@ def register_participant(
 
     ``atlas_labels`` says where the regions come from: ``"subject"`` (default) fits the atlas to
     the subject's aligned baseline (:func:`~neurocast.registration.volumes.atlas_to_subject`,
-    about 20 s more per participant on one thread; the fit runs against the atlas on its own 2 mm grid, the
-    labels are pulled onto the working grid) and writes those labels
+    about 20 s more per participant on one thread; the fit runs against the atlas on its own 2 mm
+    grid, the labels are pulled onto the working grid) and writes those labels
     (the baseline's ``atlas-neurocast_desc-subject_dseg``); ``"template"`` uses the template
     atlas as it is.
     On the simulated truth check the subject's labels brought the hippocampal change from 0.19 to

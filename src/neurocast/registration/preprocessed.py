@@ -72,10 +72,11 @@ def qc_row(participant: Participant, session: Session, result: PreprocessResult)
     }
 
 
-def _qc_rel(participant: Participant, session: Session, grid: Grid) -> tuple[str, dict[str, str]]:
+def _relpaths(participant: Participant, session: Session, grid: Grid) -> dict[str, str]:
+    """The session's preprocessing outputs, by key, relative to the derivatives folder."""
     folder = anat_folder(participant, session)
     names = output_names(file_prefix(participant, session), grid)
-    return folder, {k: f"{folder}/{v}" for k, v in names.items()}
+    return {k: f"{folder}/{v}" for k, v in names.items()}
 
 
 def save_preprocessed(
@@ -104,7 +105,7 @@ def save_preprocessed(
         session.t1w[0], grid_spacing_mm=result.grid.spacing_mm[0], skull_stripped=skull_stripped,
         seed=seed,
     )  # fmt: skip
-    _, rel = _qc_rel(participant, session, result.grid)
+    rel = _relpaths(participant, session, result.grid)
     row = qc_row(participant, session, result)
     if row["passed"]:
         for key in IMAGE_KEYS:
@@ -141,7 +142,7 @@ def saved_qc_record(
         session.t1w[0], grid_spacing_mm=grid.spacing_mm[0], skull_stripped=skull_stripped,
         seed=seed,
     )  # fmt: skip
-    _, rel = _qc_rel(participant, session, grid)
+    rel = _relpaths(participant, session, grid)
     if not writer.is_complete(rel["qc"], **prov):
         return None
     try:
@@ -176,7 +177,7 @@ def load_preprocessed(
         session.t1w[0], grid_spacing_mm=grid.spacing_mm[0], skull_stripped=skull_stripped,
         seed=seed,
     )  # fmt: skip
-    _, rel = _qc_rel(participant, session, grid)
+    rel = _relpaths(participant, session, grid)
     if not all(writer.is_complete(rel[k], **prov) for k in IMAGE_KEYS):
         return None
     try:

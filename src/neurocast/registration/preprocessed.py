@@ -2,7 +2,7 @@
 
 ``neurocast preprocess``, ``neurocast register`` and ``neurocast qa`` all start from
 :func:`~neurocast.registration.preprocess.preprocess_t1w` (N4, template affine, brain mask; about
-8-11 s per scan on one thread). Within one output folder the first step to preprocess a session
+11 s per simulated demo scan on one thread, profiled 2026-12-06). Within one output folder the first step to preprocess a session
 writes the result under the preprocess step's names (:func:`save_preprocessed`), with a provenance
 sidecar; the later steps find it (:func:`load_preprocessed`) and read it back instead of
 preprocessing again. A ``neurocast run`` with the default steps therefore preprocesses each scan
@@ -57,6 +57,15 @@ def preprocess_provenance(
     return {"inputs": [source], "parameters": params, "seed": seed}
 
 
+def _session_provenance(
+    session: Session, grid: Grid, skull_stripped: bool | None, seed: int
+) -> dict[str, Any]:
+    return preprocess_provenance(
+        session.t1w[0], grid_spacing_mm=grid.spacing_mm[0], skull_stripped=skull_stripped,
+        seed=seed,
+    )  # fmt: skip
+
+
 def qc_row(participant: Participant, session: Session, result: PreprocessResult) -> dict[str, Any]:
     """The session's row of ``group_desc-preproc_qc.tsv``."""
     qc = result.qc
@@ -101,10 +110,7 @@ def save_preprocessed(
     Returns:
         The session's QC row (:func:`qc_row`).
     """
-    prov = preprocess_provenance(
-        session.t1w[0], grid_spacing_mm=result.grid.spacing_mm[0], skull_stripped=skull_stripped,
-        seed=seed,
-    )  # fmt: skip
+    prov = _session_provenance(session, result.grid, skull_stripped, seed)
     rel = _relpaths(participant, session, result.grid)
     row = qc_row(participant, session, result)
     if row["passed"]:
@@ -138,10 +144,7 @@ def saved_qc_record(
     seed: int,
 ) -> dict[str, Any] | None:
     """The session's QC record if it is complete for these settings (passed or not), else None."""
-    prov = preprocess_provenance(
-        session.t1w[0], grid_spacing_mm=grid.spacing_mm[0], skull_stripped=skull_stripped,
-        seed=seed,
-    )  # fmt: skip
+    prov = _session_provenance(session, grid, skull_stripped, seed)
     rel = _relpaths(participant, session, grid)
     if not writer.is_complete(rel["qc"], **prov):
         return None
@@ -173,10 +176,7 @@ def load_preprocessed(
     )
     if record is None or not record.get("row", {}).get("passed"):
         return None
-    prov = preprocess_provenance(
-        session.t1w[0], grid_spacing_mm=grid.spacing_mm[0], skull_stripped=skull_stripped,
-        seed=seed,
-    )  # fmt: skip
+    prov = _session_provenance(session, grid, skull_stripped, seed)
     rel = _relpaths(participant, session, grid)
     if not all(writer.is_complete(rel[k], **prov) for k in IMAGE_KEYS):
         return None

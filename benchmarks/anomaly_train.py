@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--mixed-precision", choices=["auto", "bf16", "no"], default="auto",
+                    help="bf16 also trains in bfloat16 on CPU (about 2.7x faster with AMX)")
     ap.add_argument("--init", type=Path, default=None,
                     help="start from this trained model's weights (fine-tuning, same sizes)")
     args = ap.parse_args(argv)
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     det = AnomalyDetector(
         channels=args.channels, num_res_blocks=args.num_res_blocks, n_steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+        mixed_precision=args.mixed_precision,
     )  # fmt: skip
     t0 = time.perf_counter()
     init = AnomalyDetector.load(args.init) if args.init else None

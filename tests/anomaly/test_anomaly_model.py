@@ -129,6 +129,22 @@ def test_fine_tuning_starts_from_the_given_weights(tiny_detector, make_scan) -> 
         AnomalyDetector(channels=(8, 8), n_steps=1, batch_size=4).fit([make_scan(0)], init=tiny_detector)
 
 
+def test_training_precision_is_a_parameter_kept_in_the_model_card(
+    tiny_detector, make_scan, tmp_path
+) -> None:
+    kw = dict(channels=tiny_detector.channels, noise_levels=tiny_detector.noise_levels,
+              batch_size=4, min_component_mm3=tiny_detector.min_component_mm3)  # fmt: skip
+    det = AnomalyDetector(n_steps=2, mixed_precision="bf16", **kw).fit([make_scan(0)], init=tiny_detector)
+    assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in det.model_.parameters())
+    det.calibration_ = tiny_detector.calibration_
+    det.normative_ = tiny_detector.normative_
+    det.save(tmp_path / "m")
+    assert AnomalyDetector.load(tmp_path / "m").mixed_precision == "bf16"
+    assert tiny_detector.get_params()["mixed_precision"] == "auto"  # the default
+    with pytest.raises(ValueError, match="mixed_precision"):
+        AnomalyDetector(mixed_precision="float16")
+
+
 def test_load_refuses_a_plain_backbone(tmp_path) -> None:
     from neurocast.backbone import BackboneConfig, build_backbone, save_checkpoint
 

@@ -135,10 +135,14 @@ def test_epochs_loader_and_cpu_precision(tmp_path):
         data_summary={"source": "unit test"},
     )
     assert res.step == 6  # ceil(10 / 4) batches per epoch
-    assert all(p.dtype == torch.float32 for p in res.model.parameters())
+    # bf16 on CPU: autocast only; weights stay float32, handed back in the default layout
+    for m in (res.model, res.ema_model):
+        assert all(p.dtype == torch.float32 for p in m.parameters())
+        assert not m._channels_last
+        assert m.unet.conv_in.conv.weight.is_contiguous()
     card = read_model_card(tmp_path / "checkpoint")
     hyper = json.loads((tmp_path / "checkpoint" / "training_state.json").read_text())["hyper"]
-    assert hyper["mixed_precision"] == "fp32"  # no CUDA: plain fp32
+    assert hyper["mixed_precision"] == "torch.bfloat16"
     assert card["training"]["data_summary"]["source"] == "unit test"
     assert card["training"]["data_summary"]["n_items"] == 10
     assert len(card["training"]["data_sha256"]) == 64
@@ -262,3 +266,25 @@ def test_the_memory_check_does_not_change_training(monkeypatch):
     monkeypatch.setattr(tr, "_check_training_memory", lambda *args: None)
     b = train(_fresh(), _data(), n_steps=3, batch_size=4, seed=1, progress=False).ema_model
     assert _same(a, b)
+
+
+@pytest.mark.parametrize(("asked", "recorded"), [("auto", "fp32"), ("fp16", "fp32"), ("no", "fp32")])
+def test_cpu_training_is_fp32_unless_bf16_is_asked_for(tmp_path, asked, recorded):
+    train(_fresh(), _data(4), n_steps=1, batch_size=4, progress=False, mixed_precision=asked,
+          out_dir=tmp_path, device="cpu")  # fmt: skip
+    hyper = json.loads((tmp_path / "checkpoint" / "training_state.json").read_text())["hyper"]
+    assert hyper["mixed_precision"] == recorded
+
+
+def test_bf16_training_on_cpu_computes_the_same_loss_in_fewer_bits():
+    """The same seeded runs: bf16 autocast changes the losses in their last bits only.
+
+    (MONAI zero-initialises the output convolution, so step 1's loss is the same in any
+    precision; step 2's is the first that the network's arithmetic shapes.)"""
+    data = _data(8)
+    kw = {"n_steps": 2, "batch_size": 4, "progress": False, "device": "cpu"}
+    fp32 = train(_fresh(), data, mixed_precision="no", **kw)
+    bf16 = train(_fresh(), data, mixed_precision="bf16", **kw)
+    a, b = fp32.history[1]["loss"], bf16.history[1]["loss"]
+    assert a != b  # autocast did run
+    assert abs(a - b) < 0.02 * a

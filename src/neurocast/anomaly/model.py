@@ -112,7 +112,7 @@ _PARAMS = (
     "channels", "num_res_blocks", "noise_levels", "num_inference_steps", "n_steps", "batch_size",
     "lr", "warmup_steps", "prior_drop_prob", "min_brain_fraction", "erosion_mm", "median_size",
     "min_component_mm3", "voxel_quantile", "fpr", "inference_batch_size", "inference_dtype", "seed",
-    "normative", "normative_smoothing_mm", "normative_floor",
+    "mixed_precision", "normative", "normative_smoothing_mm", "normative_floor",
 )  # fmt: skip
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -212,6 +212,9 @@ class AnomalyDetector:
         num_inference_steps: DDIM steps per noise level (1 = direct prediction of the clean
             slice).
         n_steps, batch_size, lr, warmup_steps: training (optimizer steps, slices per step, AdamW).
+        mixed_precision: training precision, as :func:`neurocast.backbone.train`'s: ``"auto"``
+            (bfloat16 or float16 on CUDA, float32 on CPU), ``"bf16"`` (also on CPU: about 2.7x
+            faster per step on CPUs with AMX) or ``"no"``.
         prior_drop_prob: share of prior-carrying training slices also shown without the prior.
         min_brain_fraction: training slices need at least this share of brain.
         erosion_mm, median_size: post-processing (:func:`neurocast.anomaly.maps.anomaly_map`).
@@ -260,6 +263,7 @@ class AnomalyDetector:
         inference_batch_size: int = 32,
         inference_dtype: str = "bfloat16",
         seed: int = 0,
+        mixed_precision: str = "auto",
         normative: bool = True,
         normative_smoothing_mm: float = 2.0,
         normative_floor: float = 0.1,
@@ -288,6 +292,11 @@ class AnomalyDetector:
             raise ValueError(f"inference_dtype must be one of {sorted(_DTYPES)}, got {inference_dtype!r}")
         self.inference_dtype = str(inference_dtype)
         self.seed = int(seed)
+        if mixed_precision not in ("auto", "bf16", "fp16", "no"):
+            raise ValueError(
+                f"mixed_precision must be 'auto', 'bf16', 'fp16' or 'no', got {mixed_precision!r}"
+            )
+        self.mixed_precision = str(mixed_precision)
         self.normative = bool(normative)
         self.normative_smoothing_mm = float(normative_smoothing_mm)
         self.normative_floor = float(normative_floor)
@@ -405,6 +414,7 @@ class AnomalyDetector:
             warmup_steps=min(self.warmup_steps, max(0, self.n_steps // 5)),
             seed=self.seed,
             device=self._device(),
+            mixed_precision=self.mixed_precision,  # type: ignore[arg-type]
             out_dir=out_dir,
             resume=resume,
             progress=self.progress,

@@ -10,8 +10,8 @@ items are mappings::
 (:func:`collate` stacks such items; encoded ``(n,)`` covariate tensors work too.)
 
 What it does, in order, every step: draw timesteps, noise and the condition-dropout mask from a
-seeded generator; compute the loss (under ``torch.autocast`` bf16/fp16 only on CUDA, fp32 on
-CPU); backward (with a ``GradScaler`` for fp16); clip the gradient norm; AdamW step with the
+seeded generator; compute the loss (under ``torch.autocast``: bf16/fp16 on CUDA; on CPU fp32
+unless bf16 is asked for); backward (with a ``GradScaler`` for fp16); clip the gradient norm; AdamW step with the
 learning rate of the warm-up schedule; update the EMA copy (torch's ``AveragedModel`` with an
 EMA whose decay warms up as ``min(decay, (1 + n) / (10 + n))``).
 
@@ -210,10 +210,19 @@ def _dist_env() -> tuple[int, int, int]:
 def _amp_settings(
     device: torch.device, mixed_precision: MixedPrecision
 ) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use GradScaler)."""
-    if device.type != "cuda" or mixed_precision == "no":
-        if mixed_precision in ("bf16", "fp16") and device.type != "cuda":
-            log.info("mixed precision %s ignored: no CUDA, training in fp32", mixed_precision)
+    """(autocast dtype or None, use GradScaler).
+
+    On CPU only an explicit ``"bf16"`` turns autocast on: ``"auto"`` stays fp32 there, because
+    bfloat16 is only fast on CPUs with AMX / AVX512-BF16 and a model's last bits should not
+    depend on which CPU trained it unless asked; fp16 autocast is not offered on CPU.
+    """
+    if mixed_precision == "no":
+        return None, False
+    if device.type != "cuda":
+        if mixed_precision == "bf16":
+            return torch.bfloat16, False
+        if mixed_precision == "fp16":
+            log.info("mixed precision fp16 ignored on %s: training in fp32", device.type)
         return None, False
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -371,8 +380,12 @@ def train(
         lr, weight_decay, betas, warmup_steps: AdamW and a linear warm-up to ``lr``.
         grad_clip: max gradient norm (``None``: no clipping).
         ema_decay: EMA decay (default ``config.ema_decay``).
-        mixed_precision: ``"auto"`` (bf16 where supported, else fp16 with a GradScaler), ``"bf16"``,
-            ``"fp16"`` or ``"no"``. Only ever used on CUDA; CPU training is fp32.
+        mixed_precision: ``"auto"`` (on CUDA bf16 where supported, else fp16 with a GradScaler;
+            on CPU fp32), ``"bf16"``, ``"fp16"`` (CUDA only) or ``"no"``. ``"bf16"`` on CPU
+            trains under bfloat16 autocast in the channels-last layout: about 2.7x faster per
+            step on CPUs with AMX (the anomaly detector's 2-D UNet, 79 x 97 slices, batch 64, 2
+            threads: 2.4 s against 6.7 s, ``benchmarks/anomaly_train_speed.py``), slower on CPUs
+            without bfloat16 units. Weights, optimizer and EMA stay float32.
         seed: seeds data order, noise, dropout masks (and torch's global RNG).
         device: default CUDA (``cuda:LOCAL_RANK`` under DDP) if available, else CPU.
         out_dir: where ``metrics.jsonl`` and the checkpoint (``out_dir/checkpoint``) go.
@@ -423,6 +436,10 @@ def train(
     torch.manual_seed(seed)
     model.to(device)
     model.train()
+    cpu_bf16 = device.type == "cpu" and amp_dtype == torch.bfloat16
+    layout_before = model._channels_last
+    if cpu_bf16:
+        model.use_channels_last(True)  # oneDNN's bfloat16 convolutions want channels-last
     ema = make_ema(model, ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -652,4 +669,7 @@ def train(
     model.eval()
     ema_model = ema.module
     ema_model.eval()
+    if cpu_bf16:  # hand the models back in the layout they came in
+        model.use_channels_last(layout_before)
+        ema_model.use_channels_last(layout_before)  # type: ignore[operator]
     return TrainResult(model, ema_model, step, history, checkpoint)  # type: ignore[arg-type]

@@ -115,6 +115,11 @@ def qa(
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Slices per step.")
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="AdamW learning rate.")
 @click.option(
+    "--mixed-precision", type=click.Choice(["auto", "bf16", "no"]), default="auto", show_default=True,
+    help="Training precision. auto: bfloat16/float16 on a GPU, float32 on CPU. bf16 also on CPU: "
+    "about 2.7x faster per step on CPUs with AMX (recent Intel Xeon), slower on CPUs without.",
+)  # fmt: skip
+@click.option(
     "--channels", callback=_ints, default="16,32,64", show_default=True,
     help="UNet channels per level (multiples of 8).",
 )  # fmt: skip
@@ -155,6 +160,7 @@ def train_anomaly(
     max_minutes: float | None,
     batch_size: int,
     lr: float,
+    mixed_precision: str,
     channels: tuple[int, ...],
     noise_levels: tuple[float, ...],
     inference_steps: int,
@@ -201,7 +207,7 @@ def train_anomaly(
         bids_dir, model_dir, participant_label=labels, calibration_fraction=calibration_fraction,
         grid_spacing_mm=grid_spacing_mm, seed=seed, skull_stripped=skull_stripped,
         work_dir=work_dir, progress=not quiet, n_steps=steps, batch_size=batch_size, lr=lr,
-        channels=channels, noise_levels=noise_levels, num_inference_steps=inference_steps, fpr=fpr,
+        mixed_precision=mixed_precision, channels=channels, noise_levels=noise_levels, num_inference_steps=inference_steps, fpr=fpr,
         max_seconds=max_minutes * 60 if max_minutes else None,
     )  # fmt: skip
     cal = det.calibration_

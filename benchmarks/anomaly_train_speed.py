@@ -44,18 +44,6 @@ def step_seconds(config, items, *, steps: int, skip: int, batch_size: int, mode:
     return statistics.median(b - a for a, b in zip(t[skip:], t[skip + 1 :], strict=False))
 
 
-def cpu_flags() -> list[str]:
-    """The bfloat16-related CPU flags (Linux), e.g. ``amx_bf16``, ``avx512_bf16``."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
-    )
-    return sorted(f for f in flags if "bf16" in f or f.startswith("amx"))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -70,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from neurocast.anomaly import AnomalyDetector
+    from neurocast.backbone.training import cpu_bfloat16_flags
 
     torch.set_num_threads(args.threads)
     det = AnomalyDetector.load(args.model)
@@ -104,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "bfloat16_s_per_step": statistics.median(r["bf16"] for r in rows),
         "ratio_median": statistics.median(r["ratio"] for r in rows),
         "ratio_min": min(r["ratio"] for r in rows), "ratio_max": max(r["ratio"] for r in rows),
-        "pairs": rows, "cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_flags(),
+        "pairs": rows, "cpu": platform.processor() or platform.machine(), "cpu_flags": cpu_bfloat16_flags(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip

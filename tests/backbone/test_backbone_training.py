@@ -288,3 +288,19 @@ def test_bf16_training_on_cpu_computes_the_same_loss_in_fewer_bits():
     a, b = fp32.history[1]["loss"], bf16.history[1]["loss"]
     assert a != b  # autocast did run
     assert abs(a - b) < 0.02 * a
+
+
+def test_cpu_bfloat16_flags_are_read_from_cpuinfo(tmp_path, caplog, monkeypatch):
+    from neurocast.backbone import training as tr
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert tr.cpu_bfloat16_flags(info) == ["amx_bf16", "avx512_bf16"]
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2\n")
+    assert tr.cpu_bfloat16_flags(info) == []
+    assert tr.cpu_bfloat16_flags(tmp_path / "missing") == []
+    # with such units, a CPU run left at "auto" says how to train faster
+    monkeypatch.setattr(tr, "cpu_bfloat16_flags", lambda: ["amx_bf16"])
+    with caplog.at_level("INFO", logger=tr.__name__):
+        assert tr._amp_settings(torch.device("cpu"), "auto") == (None, False)
+    assert "mixed_precision='bf16'" in caplog.text

@@ -207,6 +207,24 @@ def _dist_env() -> tuple[int, int, int]:
     )
 
 
+def cpu_bfloat16_flags(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> list[str]:
+    """The CPU's bfloat16 instruction flags (``amx_bf16``, ``avx512_bf16``...; Linux only).
+
+    An empty list where the CPU has none or ``cpuinfo`` cannot be read. Where it has some,
+    ``mixed_precision="bf16"`` makes CPU training several times faster.
+
+    Example:
+        >>> isinstance(cpu_bfloat16_flags(), list)
+        True
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return sorted({f for f in line.partition(":")[2].split() if f.endswith("bf16")})
+
+
 def _amp_settings(
     device: torch.device, mixed_precision: MixedPrecision
 ) -> tuple[torch.dtype | None, bool]:
@@ -223,6 +241,9 @@ def _amp_settings(
             return torch.bfloat16, False
         if mixed_precision == "fp16":
             log.info("mixed precision fp16 ignored on %s: training in fp32", device.type)
+        elif device.type == "cpu" and mixed_precision == "auto" and cpu_bfloat16_flags():
+            log.info("training in fp32; this CPU has bfloat16 units (%s): mixed_precision='bf16' "
+                     "trains several times faster", ", ".join(cpu_bfloat16_flags()))  # fmt: skip
         return None, False
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

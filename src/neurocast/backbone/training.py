@@ -11,9 +11,9 @@ items are mappings::
 
 What it does, in order, every step: draw timesteps, noise and the condition-dropout mask from a
 seeded generator; compute the loss (under ``torch.autocast``: bf16/fp16 on CUDA; on CPU fp32
-unless bf16 is asked for); backward (with a ``GradScaler`` for fp16); clip the gradient norm; AdamW step with the
-learning rate of the warm-up schedule; update the EMA copy (torch's ``AveragedModel`` with an
-EMA whose decay warms up as ``min(decay, (1 + n) / (10 + n))``).
+unless bf16 is asked for); backward (with a ``GradScaler`` for fp16); clip the gradient norm;
+AdamW step with the learning rate of the warm-up schedule; update the EMA copy (torch's
+``AveragedModel`` with an EMA whose decay warms up as ``min(decay, (1 + n) / (10 + n))``).
 
 **Determinism and resume.** Data order comes from ``DistributedSampler(seed=seed)`` per epoch
 (also in a single process), the diffusion noise from a generator seeded with ``seed + rank``.

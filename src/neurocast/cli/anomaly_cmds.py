@@ -207,7 +207,8 @@ def train_anomaly(
         bids_dir, model_dir, participant_label=labels, calibration_fraction=calibration_fraction,
         grid_spacing_mm=grid_spacing_mm, seed=seed, skull_stripped=skull_stripped,
         work_dir=work_dir, progress=not quiet, n_steps=steps, batch_size=batch_size, lr=lr,
-        mixed_precision=mixed_precision, channels=channels, noise_levels=noise_levels, num_inference_steps=inference_steps, fpr=fpr,
+        mixed_precision=mixed_precision, channels=channels, noise_levels=noise_levels,
+        num_inference_steps=inference_steps, fpr=fpr,
         max_seconds=max_minutes * 60 if max_minutes else None,
     )  # fmt: skip
     cal = det.calibration_

@@ -129,6 +129,24 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path, _fast_preproc
     assert site_card["extra"]["anomaly"]["normative"]["n_references"] == 4
     run = CliRunner().invoke(cli, ["train", "anomaly", str(datasets["train"]), str(site), "--model", str(model)])
     assert run.exit_code == 2 and "--calibrate-only" in run.output
+    # fine-tuning starts from the model's weights, with its network and grid (not the defaults)
+    tuned = tmp_path / "tuned"
+    run = CliRunner().invoke(cli, [
+        "train", "anomaly", str(datasets["train"]), str(tuned), "--fine-tune", "--model", str(model),
+        "--steps", "2", "--batch-size", "8", "--mixed-precision", "bf16", "--seed", "1", "-q",
+    ])  # fmt: skip
+    assert run.exit_code == 0, run.output
+    tuned_anomaly = json.loads((tuned / "model_card.json").read_text())["extra"]["anomaly"]
+    assert tuned_anomaly["params"]["channels"] == [8, 16]
+    assert tuned_anomaly["params"]["noise_levels"] == [0.3]
+    assert tuned_anomaly["params"]["mixed_precision"] == "bf16"
+    assert tuned_anomaly["grid_spacing_mm"] == [4.0, 4.0, 4.0]
+    assert tuned_anomaly["training"]["steps"] == 2
+    assert tuned_anomaly["training"]["init"]["steps"] == 1
+    run = CliRunner().invoke(cli, [
+        "train", "anomaly", str(datasets["train"]), str(tuned), "--fine-tune", "--calibrate-only",
+    ])  # fmt: skip
+    assert run.exit_code == 2 and "exclude each other" in run.output
     # the Python API calibrates a copy: the caller's detector keeps its calibration
     from neurocast.anomaly import AnomalyDetector
     from neurocast.anomaly.workflow import calibrate_detector

@@ -604,9 +604,16 @@ def train_detector(
     work_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
     max_seconds: float | None = None,
+    init: str | os.PathLike[str] | AnomalyDetector | None = None,
     **detector_kwargs: Any,
 ) -> AnomalyDetector:
     """Train a detector on a dataset's healthy scans, calibrate it on held-out ones, save it.
+
+    With ``init`` it fine-tunes a trained detector instead of training from scratch: the network
+    (its size, noise levels, reconstruction steps and grid) is the given detector's, training
+    starts from its weights, and ``detector_kwargs`` set the rest (steps, learning rate...). Do
+    this with a site's own healthy scans when its scanner's contrast is unlike the training data
+    (calibration alone moves the thresholds, not what the network can reconstruct).
 
     Healthy scans: where ``BIDS_DIR/derivatives/neurocast-truth/visits.tsv`` exists (a
     simulated cohort), the visits without artefact and tumour; otherwise every scan is taken as
@@ -625,6 +632,8 @@ def train_detector(
         work_dir: parent folder of temporary files.
         progress: show progress.
         max_seconds: wall-clock budget of the training (see :meth:`AnomalyDetector.fit`).
+        init: a trained detector (folder or object) to fine-tune; ``grid_spacing_mm`` is then its
+            grid's.
         detector_kwargs: :class:`AnomalyDetector` settings (``n_steps``, ``channels``...).
 
     Returns:
@@ -636,9 +645,13 @@ def train_detector(
     from neurocast.registration.template import working_grid
 
     bids = Path(bids_dir)
-    per_subject = _healthy_scans(
-        bids, participant_label, working_grid(grid_spacing_mm), seed, skull_stripped, work_dir
-    )
+    start = init if isinstance(init, AnomalyDetector) or init is None else AnomalyDetector.load(init)
+    if start is not None:
+        start._check_fitted()
+        arch = ("channels", "num_res_blocks", "noise_levels", "num_inference_steps")
+        detector_kwargs = {**detector_kwargs, **{k: getattr(start, k) for k in arch}}
+    grid = start.grid_ if start is not None else working_grid(grid_spacing_mm)
+    per_subject = _healthy_scans(bids, participant_label, grid, seed, skull_stripped, work_dir)
     labels = sorted(per_subject)
     if len(labels) < 2:
         raise InvalidDatasetError(
@@ -667,6 +680,7 @@ def train_detector(
             "healthy_from": _healthy_from(bids),
         },
         max_seconds=max_seconds,
+        init=start,
     )
     det.calibrate(cal_scans)
     det.save(model_dir)

@@ -146,8 +146,14 @@ def qa(
     "every selected healthy scan of BIDS_DIR, e.g. a site's own healthy scans, and save to MODEL_DIR.",
 )  # fmt: skip
 @click.option(
+    "--fine-tune", is_flag=True,
+    help="Start training from the weights of --model (default: the shipped demo model), with its "
+    "network size, noise levels and grid, e.g. on healthy scans of a scanner whose contrast it "
+    "does not reconstruct well; then calibrate as usual.",
+)  # fmt: skip
+@click.option(
     "--model", "source_model", type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=None, help="With --calibrate-only: the trained model folder to calibrate.",
+    default=None, help="With --calibrate-only or --fine-tune: the trained model folder to start from.",
 )  # fmt: skip
 @seed_option
 @threads_option
@@ -170,6 +176,7 @@ def train_anomaly(
     skull_stripped: bool | None,
     work_dir: Path | None,
     calibrate_only: bool,
+    fine_tune: bool,
     source_model: Path | None,
     seed: int,
     n_threads: int | None,
@@ -182,15 +189,21 @@ def train_anomaly(
     otherwise every selected scan. Participants are split into training and calibration.
 
     With --calibrate-only, an already trained model is calibrated on all of them instead: do this
-    with healthy scans from your own scanner and protocol before screening its scans.
+    with healthy scans from your own scanner and protocol before screening its scans. With
+    --fine-tune, training starts from a trained model's weights (on CPU, add --mixed-precision bf16
+    where the CPU supports it).
     """
-    from neurocast.anomaly.workflow import calibrate_detector, train_detector
+    from neurocast.anomaly.workflow import calibrate_detector, default_model_dir, train_detector
     from neurocast.registration.threads import set_threads
 
     set_threads(n_threads or 1)
     labels = [x for v in participant_label for x in v.replace(",", " ").split() if x] or None
-    if source_model is not None and not calibrate_only:
-        raise click.UsageError("--model goes with --calibrate-only (training starts from scratch)")
+    if calibrate_only and fine_tune:
+        raise click.UsageError("--calibrate-only and --fine-tune exclude each other")
+    if source_model is not None and not (calibrate_only or fine_tune):
+        raise click.UsageError(
+            "--model goes with --calibrate-only or --fine-tune (training starts from scratch)"
+        )
     if calibrate_only:
         det = calibrate_detector(
             bids_dir, model_dir, model=source_model, participant_label=labels, fpr=fpr, seed=seed,
@@ -203,13 +216,14 @@ def train_anomaly(
             f"{cal.lesion_threshold:.4g}, artefact > {cal.artefact_threshold:.4g} -> {model_dir}"
         )
         return
+    init = (source_model or default_model_dir()) if fine_tune else None
     det = train_detector(
         bids_dir, model_dir, participant_label=labels, calibration_fraction=calibration_fraction,
         grid_spacing_mm=grid_spacing_mm, seed=seed, skull_stripped=skull_stripped,
         work_dir=work_dir, progress=not quiet, n_steps=steps, batch_size=batch_size, lr=lr,
         mixed_precision=mixed_precision, channels=channels, noise_levels=noise_levels,
         num_inference_steps=inference_steps, fpr=fpr,
-        max_seconds=max_minutes * 60 if max_minutes else None,
+        max_seconds=max_minutes * 60 if max_minutes else None, init=init,
     )  # fmt: skip
     cal = det.calibration_
     assert cal is not None

@@ -61,7 +61,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import nibabel as nib
 import numpy as np
@@ -101,6 +101,7 @@ from neurocast.backbone import (
     save_checkpoint,
     train,
 )
+from neurocast.backbone.training import MixedPrecision
 from neurocast.errors import CheckpointError
 from neurocast.registration.template import Grid
 
@@ -292,9 +293,9 @@ class AnomalyDetector:
             raise ValueError(f"inference_dtype must be one of {sorted(_DTYPES)}, got {inference_dtype!r}")
         self.inference_dtype = str(inference_dtype)
         self.seed = int(seed)
-        if mixed_precision not in ("auto", "bf16", "fp16", "no"):
+        if mixed_precision not in get_args(MixedPrecision):
             raise ValueError(
-                f"mixed_precision must be 'auto', 'bf16', 'fp16' or 'no', got {mixed_precision!r}"
+                f"mixed_precision must be one of {get_args(MixedPrecision)}, got {mixed_precision!r}"
             )
         self.mixed_precision = str(mixed_precision)
         self.normative = bool(normative)

@@ -241,9 +241,9 @@ def _amp_settings(
             return torch.bfloat16, False
         if mixed_precision == "fp16":
             log.info("mixed precision fp16 ignored on %s: training in fp32", device.type)
-        elif device.type == "cpu" and mixed_precision == "auto" and cpu_bfloat16_flags():
+        elif device.type == "cpu" and mixed_precision == "auto" and (flags := cpu_bfloat16_flags()):
             log.info("training in fp32; this CPU has bfloat16 units (%s): mixed_precision='bf16' "
-                     "trains several times faster", ", ".join(cpu_bfloat16_flags()))  # fmt: skip
+                     "trains several times faster", ", ".join(flags))  # fmt: skip
         return None, False
     if mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

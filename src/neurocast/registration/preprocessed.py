@@ -2,9 +2,9 @@
 
 ``neurocast preprocess``, ``neurocast register`` and ``neurocast qa`` all start from
 :func:`~neurocast.registration.preprocess.preprocess_t1w` (N4, template affine, brain mask; about
-11 s per simulated demo scan on one thread, profiled 2026-12-06). Within one output folder the first step to preprocess a session
-writes the result under the preprocess step's names (:func:`save_preprocessed`), with a provenance
-sidecar; the later steps find it (:func:`load_preprocessed`) and read it back instead of
+11 s per simulated demo scan on one thread, profiled 2026-12-06). Within one output folder the
+first step to preprocess a session writes the result under the preprocess step's names
+(:func:`save_preprocessed`), with a provenance sidecar; the later steps find it (:func:`load_preprocessed`) and read it back instead of
 preprocessing again. A ``neurocast run`` with the default steps therefore preprocesses each scan
 once instead of three times.
 

@@ -546,11 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from neurocast.anomaly.iqm import METRICS
+    from neurocast.anomaly.iqm import MRIQC_METRICS  # MRIQC's own set: not the ghost ratio
 
     def iqm_row(key: str) -> list[float]:
         q = scans[key].iqms
-        return [q.get(m) if q is not None else float("nan") for m in METRICS] + [float(bool(scans[key].skull_stripped))]
+        return [q.get(m) if q is not None else float("nan") for m in MRIQC_METRICS] + [float(bool(scans[key].skull_stripped))]
 
     lr_tab = cohorts[cohorts["cohort"].isin(["lrtrain", "calib"])]
     Xtr = np.array([iqm_row(k) for k in lr_tab["key"]], dtype=float)

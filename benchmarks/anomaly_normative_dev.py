@@ -45,8 +45,11 @@ VARIANTS: list[tuple[str, float, float]] = [
 ]  # fmt: skip
 
 
-def residual_maps(work: Path, model: Path, threads: int) -> tuple[pd.DataFrame, list[str]]:
-    """Cache the residual maps of the references, the dev visits and the real scans."""
+def residual_maps(
+    work: Path, model: Path, threads: int, scored: tuple[str, ...] = ("dev",)
+) -> tuple[pd.DataFrame, list[str]]:
+    """Cache the residual maps of the references, the ``scored`` cohorts' visits and the real
+    scans; return the scored visits' table and the reference keys."""
     import torch
 
     from neurocast.anomaly import AnomalyDetector
@@ -68,7 +71,7 @@ def residual_maps(work: Path, model: Path, threads: int) -> tuple[pd.DataFrame, 
         return B.load_scan(work / "scans" / f"{key}.npz")[0]
 
     tables = []
-    for cohort in ("calib", "dev"):
+    for cohort in ("calib", *scored):
         v = B.simulate(work, cohort, 0, 0, 2.0, (2, 3))  # cached: reads the truth table
         v["key"] = [f"{cohort}_{r.participant_id}_{r.session_id}" for r in v.itertuples()]
         v["motion"] = v["artefact"].astype(str) == "motion"
@@ -90,7 +93,7 @@ def residual_maps(work: Path, model: Path, threads: int) -> tuple[pd.DataFrame, 
     for key in list(B.IXI_CALIB) + list(REAL):
         if (work / "scans" / f"{key}.npz").is_file():
             save(key, scan(key))
-    return tables[1], refs
+    return pd.concat(tables[1:], ignore_index=True), refs
 
 
 def evaluate(maps: dict[str, dict[str, np.ndarray]], refs: list[str], dev: pd.DataFrame,

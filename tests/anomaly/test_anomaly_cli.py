@@ -189,6 +189,10 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path, _fast_preproc
         assert bool(r.used_prior) == (first[r.participant_id] == "pass")
     stripped = table[table["skull_stripped"] == True]  # noqa: E712
     assert all("skull-stripped" in str(u) for u in stripped["iqm_undefined"])
+    # the ghost ratio is read from the T1w as acquired (the qa workflow hands it over)
+    assert "ghost_ratio" in table.columns
+    whole_head = table[table["skull_stripped"] == False]  # noqa: E712
+    assert all("before bias correction" not in str(u) for u in whole_head["iqm_undefined"])
 
     run = CliRunner().invoke(cli, args)  # resume: nothing recomputed
     assert run.exit_code == 0 and "2 skipped" in run.output, run.output

@@ -15,6 +15,7 @@ from neurocast.anomaly.iqm import (
     IQMResult,
     compute_iqms,
     efc,
+    ghost_ratio,
     head_and_air_masks,
     segment_tissues,
 )
@@ -47,7 +48,9 @@ def test_iqms_match_hand_computed_values() -> None:
     out = compute_iqms(img, brain, tissues=tissues, air_mask=air, head_mask=head,
                        skull_stripped=False)  # fmt: skip
     v = out.values
-    assert set(v) == set(METRICS) and not out.undefined
+    assert set(v) == set(METRICS)
+    # the phantom's air is too close to its head for the ghost ratio: undefined, with the reason
+    assert set(out.undefined) == {"ghost_ratio"} and "field of view" in out.undefined["ghost_ratio"]
     wm, gm, csf, a = img[tissues == 3], img[tissues == 2], img[tissues == 1], img[air]
     assert v["cjv"] == pytest.approx((wm.std() + gm.std()) / abs(wm.mean() - gm.mean()))
     assert v["cnr"] == pytest.approx(
@@ -87,11 +90,35 @@ def test_efc_extremes() -> None:
     assert efc(spike) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_ghost_ratio_finds_ghosts_along_one_axis_and_ignores_the_noise_level() -> None:
+    rng = np.random.default_rng(5)
+    shape = (64, 72, 56)
+    img = np.abs(rng.normal(0.0, 3.0, shape) + 1j * rng.normal(0.0, 3.0, shape))  # Rayleigh air
+    head = np.zeros(shape, bool)
+    head[22:42, 26:46, 18:38] = True
+    img[head] = 100.0
+    air = ~head
+    clean, _ = ghost_ratio(img, head, air)
+    assert abs(clean) < 0.03  # stationary noise: 0 within sampling error
+    # scale-free: a scanner's gain or noise level does not move it
+    assert ghost_ratio(img * 7.0, head, air)[0] == pytest.approx(clean)
+    ghosted = img.copy()
+    ghosted[22:42, :, 18:38] += 4.0  # energy in line with the head along axis 1 only
+    value, axis = ghost_ratio(ghosted, head, air)
+    assert axis == 1 and value > 0.3
+    # stronger ghosts, larger ratio
+    ghosted[22:42, :, 18:38] += 4.0
+    assert ghost_ratio(ghosted, head, air)[0] > value
+    # a field of view that hugs the head leaves no air on one side: undefined
+    assert math.isnan(ghost_ratio(img[18:46, 22:50, 14:42], head[18:46, 22:50, 14:42],
+                                  air[18:46, 22:50, 14:42])[0])  # fmt: skip
+
+
 def test_skull_stripped_input_gives_undefined_background_metrics_with_a_reason() -> None:
     img, brain, tissues, _head, _air = _phantom()
     stripped = np.where(brain, img, 0.0)
     out = compute_iqms(stripped, brain, tissues=tissues, skull_stripped=True)
-    for name in BACKGROUND_METRICS:
+    for name in (*BACKGROUND_METRICS, "ghost_ratio"):
         assert math.isnan(out.values[name])
         assert out.undefined[name] == SKULL_STRIPPED_REASON
     assert math.isfinite(out.values["cjv"]) and math.isfinite(out.values["snr_wm"])
@@ -113,3 +140,43 @@ def test_tissue_segmentation_and_masks() -> None:
     h, a = head_and_air_masks(img, brain, spacing=(1, 1, 1), margin_mm=2.0)
     assert h[brain].all() and not (h & a).any()
     assert a[0, 0, 0] and not a[10, 10, 10]
+
+
+def test_the_ghost_ratio_is_measured_before_bias_correction() -> None:
+    """N4's field, extrapolated into the air, scales it unevenly; the scan as acquired does not."""
+    from types import SimpleNamespace
+
+    import nibabel as nib
+
+    from neurocast.anomaly.scan import Scan
+    from neurocast.registration.template import Grid
+
+    rng = np.random.default_rng(11)
+    shape = (64, 72, 56)
+    raw = np.abs(rng.normal(0.0, 3.0, shape) + 1j * rng.normal(0.0, 3.0, shape)).astype(np.float32)
+    brain = np.zeros(shape, bool)
+    brain[22:42, 26:46, 18:38] = True
+    raw[brain] = rng.normal(100.0, 5.0, int(brain.sum()))
+    y = np.arange(shape[1])
+    field = (1.25 - 0.5 * ((y - 36) / 36.0) ** 2).astype(np.float32)[None, :, None]  # a smooth "N4" field
+    affine = np.eye(4)
+    result = SimpleNamespace(
+        native=nib.Nifti1Image(raw * field, affine),
+        native_brain_mask=nib.Nifti1Image(brain.astype(np.uint8), affine),
+        image=nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), affine),
+        brain_mask=nib.Nifti1Image(np.ones((8, 8, 8), np.uint8), affine),
+        grid=Grid((8, 8, 8), affine),
+        native_to_template=np.eye(4),
+        skull_stripped=False,
+        params={"source": "<in-memory image>"},
+        qc={"passed": True},
+    )
+    corrected_only = compute_iqms(raw * field, brain).get("ghost_ratio")
+    assert corrected_only > 0.1  # the field alone looks like ghosting
+    scan = Scan.from_preprocessed(result, raw=nib.Nifti1Image(raw, affine))
+    assert abs(scan.iqms.get("ghost_ratio")) < 0.03
+    # without the scan as acquired it is undefined, with the reason, never taken from the N4 image
+    blind = Scan.from_preprocessed(result)
+    assert math.isnan(blind.iqms.get("ghost_ratio"))
+    assert "before bias correction" in blind.iqms.undefined["ghost_ratio"]
+    assert math.isfinite(blind.iqms.get("cjv"))

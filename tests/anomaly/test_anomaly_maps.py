@@ -66,38 +66,45 @@ def test_small_components_are_removed() -> None:
     assert remove_small_components(m, 1).sum() == m.sum()
 
 
-def test_artefact_score_rises_with_diffuse_residual_and_background_energy() -> None:
+def test_artefact_score_rises_with_diffuse_residual_and_ghosting() -> None:
     rng = np.random.default_rng(2)
     region = np.ones((10, 10, 10), bool)
 
-    def feats(level: float, fber: float, qi1: float) -> dict:
+    def feats(level: float, ghost: float, cjv: float = 0.6) -> dict:
         amap = np.abs(rng.normal(level, 0.005, region.shape))
-        iq = IQMResult({"efc": 0.5, "fber": fber, "qi1": qi1, "cjv": 0.6, "cnr": 3.0, "snrd_total": 30.0})
+        iq = IQMResult({"efc": 0.5, "fber": 3000.0, "qi1": 0.0, "cjv": cjv, "ghost_ratio": ghost})
         return artefact_features(amap, region, iq)
 
-    refs = [feats(0.05 + 0.002 * i, 3000 + 50 * i, 0.001 * (i % 3)) for i in range(12)]
+    refs = [feats(0.05 + 0.002 * i, 0.001 * (i % 5 - 2), 0.6 + 0.005 * (i % 4)) for i in range(12)]
     ref = reference_statistics(refs)
     assert set(ref) == set(ARTEFACT_FEATURES)
-    clean = artefact_score(feats(0.055, 3200, 0.001), ref)
-    moved = artefact_score(feats(0.12, 300, 0.05), ref)
+    clean = artefact_score(feats(0.055, 0.001), ref)
+    moved = artefact_score(feats(0.12, 0.3, 0.7), ref)
     assert moved > clean + 1.5  # at most Z_CLIP (3) per feature
-    # a skull-stripped scan: only the residual features, still a number
+    # ghosting alone (the residual unchanged) still raises the score
+    assert artefact_score(feats(0.055, 0.05), ref) > clean + 0.5
+    # the MRIQC background metrics are reported, not scored: FBER and QI1 do not move it
+    other_air = artefact_features(np.full(region.shape, 0.055), region,
+                                  IQMResult({"fber": 30.0, "qi1": 0.2, "cjv": 0.6, "ghost_ratio": 0.001}))
+    same_air = artefact_features(np.full(region.shape, 0.055), region,
+                                 IQMResult({"fber": 3000.0, "qi1": 0.0, "cjv": 0.6, "ghost_ratio": 0.001}))
+    assert artefact_score(other_air, ref) == pytest.approx(artefact_score(same_air, ref))
+    # a skull-stripped scan: no ghost ratio, the other features still give a number
     stripped = artefact_features(np.full(region.shape, 0.12), region,
-                                 IQMResult({"efc": math.nan, "fber": math.nan, "qi1": math.nan,
-                                            "cjv": 0.6, "snr_total": 12.0}))  # fmt: skip
-    assert math.isfinite(artefact_score(stripped, ref))
+                                 IQMResult({"ghost_ratio": math.nan, "cjv": 0.6, "snr_total": 12.0}))  # fmt: skip
+    assert math.isnan(stripped["ghost_ratio"]) and math.isfinite(artefact_score(stripped, ref))
     loo = leave_one_out_artefact_scores(refs)
     assert len(loo) == len(refs) and all(math.isfinite(v) for v in loo)
 
 
 def test_one_feature_far_off_the_references_cannot_carry_the_artefact_score_alone() -> None:
-    """A real scan's QI1 can sit a hundred robust SDs above clean simulated references; the mean
-    of clipped z-scores moves by at most Z_CLIP / n_features for it."""
+    """A real scan's ghost ratio can sit a hundred robust SDs above clean simulated references;
+    the mean of clipped z-scores moves by at most Z_CLIP / n_features for it."""
     from neurocast.anomaly.scores import Z_CLIP
 
     ref = {name: {"median": 0.0, "scale": 1.0, "n": 10} for name in ARTEFACT_FEATURES}
     typical = dict.fromkeys(ARTEFACT_FEATURES, 0.0)
-    one_off = {**typical, "qi1": 150.0}
+    one_off = {**typical, "ghost_ratio": 150.0}
     all_up = dict.fromkeys(ARTEFACT_FEATURES, 2.0)
     assert artefact_score(one_off, ref) == pytest.approx(Z_CLIP / len(ARTEFACT_FEATURES))
     assert artefact_score(all_up, ref) == pytest.approx(2.0)

@@ -129,6 +129,7 @@ class Scan:
         *,
         prior: Scan | np.ndarray | None = None,
         iqms: bool = True,
+        raw: str | os.PathLike[str] | nib.spatialimages.SpatialImage | None = None,
     ) -> Scan:
         """A scan from a :class:`~neurocast.registration.preprocess.PreprocessResult`.
 
@@ -136,15 +137,27 @@ class Scan:
             result: the preprocessing result.
             prior: the subject's earlier scan (a :class:`Scan` or template-space array).
             iqms: compute the MRIQC metrics on the native image (about a second).
+            raw: the input scan before preprocessing (path or image), for the ghost ratio, which
+                needs the air before bias correction (see
+                :func:`~neurocast.anomaly.iqm.compute_iqms`). Default: the preprocessing's
+                ``source`` where that is a file; without either the ghost ratio is undefined.
         """
         native = np.asarray(result.native.dataobj, dtype=np.float32)
         native_mask = np.asarray(result.native_brain_mask.dataobj) > 0
         metrics = None
         if iqms:
             spacing = tuple(float(s) for s in result.native.header.get_zooms()[:3])
+            raw_img = _raw_image(raw, result)
             metrics = compute_iqms(
-                native, native_mask, skull_stripped=bool(result.skull_stripped), spacing=spacing
-            )
+                native, native_mask, skull_stripped=bool(result.skull_stripped), spacing=spacing,
+                raw_image=None if raw_img is None else np.asarray(raw_img.dataobj, dtype=np.float32),
+                raw_spacing=None if raw_img is None else tuple(float(s) for s in raw_img.header.get_zooms()[:3]),
+            )  # fmt: skip
+            if raw_img is None and not result.skull_stripped:
+                metrics.values["ghost_ratio"] = float("nan")
+                metrics.undefined["ghost_ratio"] = (
+                    "the scan before bias correction was not available (give raw=)"
+                )
         scan = cls(
             image=np.asarray(result.image.dataobj, dtype=np.float32),
             brain_mask=np.asarray(result.brain_mask.dataobj) > 0,
@@ -158,6 +171,17 @@ class Scan:
             qc=dict(result.qc),
         )
         return scan.with_prior(prior) if prior is not None else scan
+
+
+def _raw_image(raw: Any, result: Any) -> nib.spatialimages.SpatialImage | None:
+    """The input before preprocessing: ``raw`` (path or image), else the result's source file."""
+    if raw is None:
+        source = (result.params or {}).get("source")
+        if not source or not os.path.isfile(str(source)):
+            return None
+        raw = source
+    img = nib.load(os.fspath(raw)) if isinstance(raw, str | os.PathLike) else raw
+    return img if len(img.shape) == 3 else nib.funcs.squeeze_image(img)
 
 
 def prepare_scan(
@@ -196,7 +220,8 @@ def prepare_scan(
         image, grid=grid, skull_stripped=skull_stripped, seed=seed, work_dir=work_dir,
         on_fail=on_fail,  # type: ignore[arg-type]
     )
-    scan = Scan.from_preprocessed(result, prior=prior, iqms=iqms)
+    raw = image if isinstance(image, nib.spatialimages.SpatialImage | str | os.PathLike) else None
+    scan = Scan.from_preprocessed(result, prior=prior, iqms=iqms, raw=raw)
     if isinstance(image, str | os.PathLike):
         scan.source = os.fspath(image)
     return scan

@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 QA_TABLE = "qa.tsv"
 QA_SCHEMA = "anomaly_qa"
-IQM_COLUMNS = ("cjv", "cnr", "snr_total", "snrd_total", "efc", "fber", "qi1", "wm2max")
+IQM_COLUMNS = ("cjv", "cnr", "snr_total", "snrd_total", "efc", "fber", "qi1", "wm2max", "ghost_ratio")
 """IQMs copied into ``qa.tsv`` (all of them are in each session's ``desc-qa.json``)."""
 QA_COLUMNS = [
     "participant_id", "session_id", "flag", "percentile", "lesion_score", "lesion_percentile",
@@ -293,7 +293,7 @@ def qa_participant(
                 work_dir=work_dir,
             )  # fmt: skip
             pp_passed = bool(result_pp.qc.get("passed"))
-            scan = Scan.from_preprocessed(result_pp)
+            scan = Scan.from_preprocessed(result_pp, raw=source)
             scan.source = str(source)
             done[label] = scan
             if prior_ses is not None:

@@ -6,13 +6,17 @@ Hammersmith). The third held-out IXI adult (IXI034) is flagged. Here the same we
 calibrated on other reference sets, from the cache of ``anomaly_benchmark.py --work WORK``:
 
 * ``shipped``: the ``calib`` cohort and the two calibration IXI adults (as the benchmark);
+* ``sim``: the ``calib`` cohort only: the simulated "site" calibrated on its own healthy scans;
 * ``site+sim``: the ``calib`` cohort and all five other IXI adults (three of them were seen in
   training, whose residuals are lower than a new scan's: a stricter calibration, not a looser);
 * ``site``: the five other IXI adults only (what ``neurocast train anomaly SITE_BIDS MODEL_DIR
   --calibrate-only`` does with a site's five healthy scans).
 
-Each is scored on IXI034, on chris_t1 (another scanner) and on the test cohort's healthy and
-tumour visits (no prior, so the three share the inputs)::
+Each is scored on IXI034, on chris_t1 (another scanner), on the test cohort's healthy, tumour and
+motion visits, and on the healthy visits of the two development cohorts (``dev``, ``lrtrain``:
+never calibration references), all without a prior, so the sets share the inputs. Visits with
+both a tumour and motion are left out. Flag counts are per reference set: a healthy visit flagged
+is a false positive, a motion visit counts when flagged ``review-artefact``::
 
     python benchmarks/anomaly_site_calibration.py --work WORK --model src/neurocast/weights/anomaly-demo
 """
@@ -54,13 +58,20 @@ def main(argv: list[str] | None = None) -> int:
             calib.append(s.with_prior(prev) if prev is not None else s)
             prev = s
     site = [scan(k) for k in (*B.IXI_TRAIN, *B.IXI_CALIB)]
-    test = B.simulate(work, "test", 0, 0, 2.0, (2, 3))
-    test = test[test["artefact"].astype(str) != "motion"]
-    screened = {
-        f"test_{r.participant_id}_{r.session_id}": bool(r.tumour_present) for r in test.itertuples()
-    }
+    groups: dict[str, str] = {}  # visit key -> group
+    for cohort in ("test", "dev", "lrtrain"):
+        for r in B.simulate(work, cohort, 0, 0, 2.0, (2, 3)).itertuples():
+            motion = str(r.artefact) == "motion"
+            if r.tumour_present and motion:
+                continue
+            if cohort != "test" and (r.tumour_present or motion):
+                continue
+            group = "tumour" if r.tumour_present else f"motion_{r.artefact_severity}" if motion else "healthy"
+            groups[f"{cohort}_{r.participant_id}_{r.session_id}"] = f"{cohort}_{group}" if cohort != "test" else group
+    groups = {k: g for k, g in groups.items() if (work / "scans" / f"{k}.npz").is_file()}
     references = {
         "shipped": calib + [scan(k) for k in B.IXI_CALIB],
+        "sim": calib,
         "site+sim": calib + site,
         "site": site,
     }
@@ -73,11 +84,15 @@ def main(argv: list[str] | None = None) -> int:
             r = det.score(scan(key))
             out[key] = {"flag": r.flag, "lesion_percentile": r.lesion_percentile,
                         "artefact_percentile": r.artefact_percentile}  # fmt: skip
-        flags = {k: det.score(scan(k), use_prior=False).flag for k in screened}
-        healthy = [f for k, f in flags.items() if not screened[k]]
-        tumour = [f for k, f in flags.items() if screened[k]]
-        out["test_healthy_flagged"] = f"{sum(f != 'pass' for f in healthy)}/{len(healthy)}"
-        out["test_tumour_flagged"] = f"{sum(f != 'pass' for f in tumour)}/{len(tumour)}"
+        flags = {k: det.score(scan(k), use_prior=False).flag for k in groups}
+        for group in sorted(set(groups.values())):
+            f = [flags[k] for k, g in groups.items() if g == group]
+            hit = [x == "review-artefact" for x in f] if group.startswith("motion") else [x != "pass" for x in f]
+            out[f"{group}_flagged"] = f"{sum(hit)}/{len(f)}"
+            if group.startswith("motion"):
+                out[f"{group}_flagged_any"] = f"{sum(x != 'pass' for x in f)}/{len(f)}"
+        held = [flags[k] for k, g in groups.items() if g.endswith("healthy")]
+        out["all_held_out_healthy_flagged"] = f"{sum(x != 'pass' for x in held)}/{len(held)}"
         results[name] = out
         print(name, json.dumps(out), flush=True)
     args.out.write_text(json.dumps({"model": str(args.model), "results": results}, indent=1) + "\n")

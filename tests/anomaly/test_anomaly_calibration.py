@@ -41,6 +41,24 @@ def test_small_reference_sets_stay_conservative() -> None:
     assert threshold_at_rate(refs, 0.5) == pytest.approx(9.5)
 
 
+def test_too_few_references_are_reported_with_the_rate_they_really_give() -> None:
+    from neurocast.anomaly.calibration import min_references
+
+    rate = per_score_rate(0.05)
+    n = min_references(0.05)
+    assert n == 39
+    # one fewer: the threshold is the largest score; from n on it lies inside the range
+    assert threshold_at_rate(np.arange(float(n - 1)), rate) == pytest.approx(n - 2)
+    assert threshold_at_rate(np.arange(float(n)), rate) < n - 1
+    rng = np.random.default_rng(2)
+    few = calibrate_scores(rng.normal(size=26), rng.normal(size=26), fpr=0.05)
+    assert few.at_reference_maximum
+    assert "26 healthy reference" in few.describe_reference_count() and "1/27" in few.describe_reference_count()
+    many = calibrate_scores(rng.normal(size=n), rng.normal(size=n), fpr=0.05)
+    assert not many.at_reference_maximum and many.describe_reference_count() is None
+    assert min_references(0.1) < n  # a higher rate needs fewer
+
+
 def test_flags_percentiles_and_json_round_trip() -> None:
     rng = np.random.default_rng(1)
     cal = calibrate_scores(rng.normal(size=200), rng.normal(size=200), fpr=0.05,

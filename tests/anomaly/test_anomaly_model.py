@@ -226,3 +226,14 @@ def test_without_normative_maps_the_map_is_the_residual(
     again = AnomalyDetector.load(det.save(tmp_path / "raw"))
     assert again.normative_ is None and not (tmp_path / "raw" / "extra.safetensors").exists()
     assert np.array_equal(again.score(scan).anomaly_map, res.anomaly_map)
+
+
+def test_calibrating_on_too_few_references_says_so(tiny_detector, make_scan, tmp_path, caplog) -> None:
+    """Six references cannot give 5 % false positives: the detector says what they give."""
+    import logging
+
+    det = AnomalyDetector.load(tiny_detector.save(tmp_path / "model"))
+    with caplog.at_level(logging.WARNING, logger="neurocast.anomaly.model"):
+        det.calibrate([make_scan(100 + i) for i in range(6)])
+    assert det.calibration_.at_reference_maximum
+    assert any("fewer than the 39" in r.getMessage() and "1/7" in r.getMessage() for r in caplog.records)

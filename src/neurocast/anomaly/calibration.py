@@ -52,6 +52,21 @@ def per_score_rate(fpr: float, n_scores: int = 2) -> float:
     return 1.0 - (1.0 - fpr) ** (1.0 / n_scores)
 
 
+def min_references(fpr: float, n_scores: int = 2) -> int:
+    """The fewest reference scans whose thresholds at ``fpr`` fall inside the references' range.
+
+    The threshold is the ``(1 - beta)(n + 1)``-th smallest of ``n`` scores, so it is the largest
+    reference score whenever ``(1 - beta)(n + 1) > n``, i.e. ``n < (1 - beta) / beta``; a new
+    healthy scan then exceeds it with probability ``1 / (n + 1)`` per score, not ``beta``.
+
+    Example:
+        >>> min_references(0.05)  # beta = 2.53 % per score
+        39
+    """
+    rate = per_score_rate(fpr, n_scores)
+    return math.ceil((1.0 - rate) / rate - 1e-9)
+
+
 def threshold_at_rate(scores: Sequence[float] | np.ndarray, rate: float) -> float:
     """The threshold a new healthy score exceeds with probability ``rate`` (see module docstring).
 
@@ -103,6 +118,25 @@ class Calibration:
     feature_reference: dict[str, dict[str, float]] = field(default_factory=dict)
     n_references: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def at_reference_maximum(self) -> bool:
+        """Whether there were too few references for ``fpr`` (:func:`min_references`): the
+        thresholds are then the largest reference scores, and the rate is ``1 / (n + 1)`` per
+        score for scans like the references, whatever ``fpr`` asked."""
+        return self.n_references < min_references(self.fpr)
+
+    def describe_reference_count(self) -> str | None:
+        """A sentence for the user when :attr:`at_reference_maximum`, else ``None``."""
+        if not self.at_reference_maximum:
+            return None
+        return (
+            f"{self.n_references} healthy reference scan(s) are fewer than the "
+            f"{min_references(self.fpr)} that a false-positive rate of {self.fpr:g} needs: each "
+            "threshold is the largest reference score, so the rate is about "
+            f"1/{self.n_references + 1} per score for scans like the references and is set by "
+            "the single most atypical one; calibrate on more healthy scans from this scanner"
+        )
 
     # ------------------------------------------------------------------ use
     def lesion_percentile(self, score: float) -> float:

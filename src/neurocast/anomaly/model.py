@@ -54,6 +54,7 @@ Example (a tiny model on tiny volumes, so the numbers are meaningless):
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -116,6 +117,8 @@ _PARAMS = (
     "mixed_precision", "normative", "normative_smoothing_mm", "normative_floor",
 )  # fmt: skip
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -561,6 +564,9 @@ class AnomalyDetector:
                 "map": NORMATIVE_RULE if self.normative_ is not None else "residual",
             },
         )
+        note = self.calibration_.describe_reference_count()
+        if note:
+            log.warning(note)
         return self
 
     # ------------------------------------------------------------------ score

@@ -475,6 +475,9 @@ def _qa_fields(rec: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     if scores is None and not isinstance(rec.get("scores"), (dict, list, type(None))):
         score_items.insert(0, ("score", rec["scores"]))
+    feature_z = pick("artefact_feature_z")
+    if isinstance(feature_z, dict):  # what the artefact score is made of, in healthy SDs
+        score_items += [(f"artefact evidence: {k} (robust z)", v) for k, v in feature_z.items()]
     iqms = pick("iqms") or pick("IQMs") or pick("image_quality")
     other: list[tuple[str, Any]] = []
     for key in ("used_prior", "prior_session_id", "skull_stripped"):

@@ -49,6 +49,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,15 +83,19 @@ SIZES = {
 }  # fmt: skip
 
 
-def cache_script_args(doc: str, argv: list[str] | None, out: str | None = None) -> argparse.Namespace:
+def cache_script_args(doc: str, argv: list[str] | None, out: str | None = None,
+                      more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:  # fmt: skip
     """The command line of a script that reads this benchmark's cache: ``--work`` (required) and,
-    with ``out`` (a JSON file name in benchmarks/), ``--model`` (required), ``--threads`` and ``--out``."""
+    with ``out`` (a JSON file name in benchmarks/), ``--model`` (required), ``--threads`` and ``--out``;
+    ``more`` adds the script's own options."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--work", type=Path, required=True, help="the anomaly benchmark's --work folder")
     if out is not None:
         ap.add_argument("--model", type=Path, required=True, help="a trained anomaly model folder")
         ap.add_argument("--threads", type=int, default=2)
         ap.add_argument("--out", type=Path, default=HERE / out)
+    if more is not None:
+        more(ap)
     return ap.parse_args(argv)
 
 

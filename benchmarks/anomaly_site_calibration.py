@@ -2,15 +2,19 @@
 from that site being flagged?
 
 The shipped detector's references are 24 simulated visits and two healthy IXI adults (Guy's /
-Hammersmith). The third held-out IXI adult (IXI034) is flagged. Here the same weights are
-calibrated on other reference sets, from the cache of ``anomaly_benchmark.py --work WORK``:
+Hammersmith); the third IXI adult (IXI034) is held out. Here the same weights are calibrated on
+other reference sets, from the cache of ``anomaly_benchmark.py --work WORK``:
 
 * ``shipped``: the ``calib`` cohort and the two calibration IXI adults (as the benchmark);
 * ``sim``: the ``calib`` cohort only: the simulated "site" calibrated on its own healthy scans;
 * ``site+sim``: the ``calib`` cohort and all five other IXI adults (three of them were seen in
   training, whose residuals are lower than a new scan's: a stricter calibration, not a looser);
 * ``site``: the five other IXI adults only (what ``neurocast train anomaly SITE_BIDS MODEL_DIR
-  --calibrate-only`` does with a site's five healthy scans).
+  --calibrate-only`` does with a site's five healthy scans);
+* ``sim-large`` (with ``--more-healthy N``): the ``calib`` cohort and the first half of ``N``
+  more simulated healthy subjects (cohort ``healthy2``, simulated and preprocessed here), enough
+  references for thresholds inside their range (:func:`neurocast.anomaly.calibration.min_references`);
+  the other half of ``healthy2`` joins the held-out healthy visits.
 
 Each is scored on IXI034, on chris_t1 (another scanner), on the test cohort's healthy, tumour and
 motion visits, and on the healthy visits of the two development cohorts (``dev``, ``lrtrain``:
@@ -19,6 +23,8 @@ both a tumour and motion are left out. Flag counts are per reference set: a heal
 is a false positive, a motion visit counts when flagged ``review-artefact``::
 
     python benchmarks/anomaly_site_calibration.py --work WORK --model src/neurocast/weights/anomaly-demo
+    python benchmarks/anomaly_site_calibration.py --work WORK --model src/neurocast/weights/anomaly-demo \
+        --more-healthy 30 --sets sim sim-large --out benchmarks/anomaly_site_calibration_large.json
 """
 
 from __future__ import annotations
@@ -33,30 +39,63 @@ sys.path.insert(0, str(HERE))
 
 import anomaly_benchmark as B  # noqa: E402
 
+MORE_HEALTHY_SEED = 606
+"""Seed offset of the extra healthy cohort (``healthy2``), after the benchmark's 101-505."""
+
+
+def _options(ap: Any) -> None:
+    ap.add_argument("--more-healthy", type=int, default=0, metavar="N",
+                    help="simulate (or reuse) N more healthy subjects (cohort healthy2): the first "
+                    "half add references (set sim-large: calib + them), the second half add "
+                    "held-out healthy visits")  # fmt: skip
+    ap.add_argument("--sets", nargs="+", default=None, help="reference sets to run (default: all)")
+    ap.add_argument("--jobs", type=int, default=2, help="preprocessing processes for healthy2")
+
 
 def main(argv: list[str] | None = None) -> int:
     import torch
 
     from neurocast.anomaly import AnomalyDetector
 
-    args = B.cache_script_args(__doc__, argv, "anomaly_site_calibration.json")
+    args = B.cache_script_args(__doc__, argv, "anomaly_site_calibration.json", more=_options)
     torch.set_num_threads(args.threads)
     work = args.work / "full"
 
     def scan(key: str) -> Any:
         return B.load_scan(work / "scans" / f"{key}.npz")[0]
 
-    calib = []
-    v = B.simulate(work, "calib", 0, 0, 2.0, (2, 3))
-    for _, g in v.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
-        prev = None
-        for r in g.itertuples():
-            s = scan(f"calib_{r.participant_id}_{r.session_id}")
-            if not s.qc.get("passed", True):
-                prev = None
+    def with_priors(v: Any, cohort: str, participants: set[str] | None = None) -> list[Any]:
+        """A healthy cohort's visits as references, each with its previous visit as the prior."""
+        out = []
+        for pid, g in v.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
+            if participants is not None and pid not in participants:
                 continue
-            calib.append(s.with_prior(prev) if prev is not None else s)
-            prev = s
+            prev = None
+            for r in g.itertuples():
+                key = f"{cohort}_{r.participant_id}_{r.session_id}"
+                if not (work / "scans" / f"{key}.npz").is_file():
+                    continue
+                s = scan(key)
+                if not s.qc.get("passed", True):
+                    prev = None
+                    continue
+                out.append(s.with_prior(prev) if prev is not None else s)
+                prev = s
+        return out
+
+    calib = with_priors(B.simulate(work, "calib", 0, 0, 2.0, (2, 3)), "calib")
+    more_refs: list[Any] = []
+    more_held: set[str] = set()
+    if args.more_healthy:
+        v2 = B.simulate(work, "healthy2", args.more_healthy, MORE_HEALTHY_SEED, 2.0, (2, 3),
+                        tumour_fraction=0.0, artefact_fraction=0.0)  # fmt: skip
+        v2["key"] = [f"healthy2_{p}_{s}" for p, s in zip(v2["participant_id"], v2["session_id"], strict=True)]
+        B.prepare_all(work, dict(zip(v2["key"], v2["path"], strict=True)), 2.0, 0, args.threads,
+                      args.jobs, (0.82, 0.82, 6.0), lambda m: print(m, flush=True))  # fmt: skip
+        pids = sorted(set(v2["participant_id"]))
+        first = set(pids[: len(pids) // 2])
+        more_refs = with_priors(v2, "healthy2", first)
+        more_held = {k for k, p in zip(v2["key"], v2["participant_id"], strict=True) if p not in first}
     site = [scan(k) for k in (*B.IXI_TRAIN, *B.IXI_CALIB)]
     groups: dict[str, str] = {}  # visit key -> group
     for cohort in ("test", "dev", "lrtrain"):
@@ -68,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             group = "tumour" if r.tumour_present else f"motion_{r.artefact_severity}" if motion else "healthy"
             groups[f"{cohort}_{r.participant_id}_{r.session_id}"] = f"{cohort}_{group}" if cohort != "test" else group
+    groups.update(dict.fromkeys(more_held, "healthy2_healthy"))
     groups = {k: g for k, g in groups.items() if (work / "scans" / f"{k}.npz").is_file()}
     references = {
         "shipped": calib + [scan(k) for k in B.IXI_CALIB],
@@ -75,8 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         "site+sim": calib + site,
         "site": site,
     }
+    if more_refs:
+        references["sim-large"] = calib + more_refs
     results: dict[str, Any] = {}
     for name, refs in references.items():
+        if args.sets and name not in args.sets:
+            continue
         det = AnomalyDetector.load(args.model)
         det.calibrate(refs)
         out: dict[str, Any] = {"n_references": len(refs)}

@@ -220,8 +220,7 @@ def prepare_scan(
         image, grid=grid, skull_stripped=skull_stripped, seed=seed, work_dir=work_dir,
         on_fail=on_fail,  # type: ignore[arg-type]
     )
-    raw = image if isinstance(image, nib.spatialimages.SpatialImage | str | os.PathLike) else None
-    scan = Scan.from_preprocessed(result, prior=prior, iqms=iqms, raw=raw)
+    scan = Scan.from_preprocessed(result, prior=prior, iqms=iqms, raw=image)
     if isinstance(image, str | os.PathLike):
         scan.source = os.fspath(image)
     return scan

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,25 +63,6 @@ def all_features(rmap: np.ndarray, region: np.ndarray, iqms: Any) -> dict[str, f
     return f
 
 
-def reference_stats(
-    feats: Sequence[Mapping[str, float]], floors: Mapping[str, float]
-) -> dict[str, dict[str, float]]:
-    """:func:`neurocast.anomaly.scores.reference_statistics` for a given feature set."""
-    from neurocast.anomaly.scores import MAD_TO_SD, MIN_RELATIVE_SCALE
-
-    out = {}
-    for name, floor in floors.items():
-        v = np.array([f[name] for f in feats], dtype=float)
-        v = v[np.isfinite(v)]
-        if v.size:
-            med = float(np.median(v))
-            scale = max(
-                float(np.median(np.abs(v - med))) * MAD_TO_SD, MIN_RELATIVE_SCALE * abs(med), floor
-            )
-            out[name] = {"median": med, "scale": scale, "n": int(v.size)}
-    return out
-
-
 def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
     p, n = np.asarray(pos, float), np.asarray(neg, float)
     p, n = p[np.isfinite(p)], n[np.isfinite(n)]
@@ -93,7 +74,12 @@ def auroc(pos: Sequence[float], neg: Sequence[float]) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = B.cache_script_args(__doc__, argv, "anomaly_artefact_features.json")
     from neurocast.anomaly.calibration import per_score_rate, threshold_at_rate
-    from neurocast.anomaly.scores import ARTEFACT_FEATURES, MIN_SCALE, artefact_score
+    from neurocast.anomaly.scores import (
+        ARTEFACT_FEATURES,
+        MIN_SCALE,
+        artefact_score,
+        reference_statistics,
+    )
 
     work = args.work / "full"
     dev, refs = residual_maps(work, args.model, args.threads, scored=("dev", "lrtrain"))
@@ -123,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     rate = per_score_rate(0.05, 2)
     for rule, floors in rules.items():
         ref_feats = [feats[k] for k in refs]
-        loo = [artefact_score(f, reference_stats(ref_feats[:i] + ref_feats[i + 1 :], floors))
+        loo = [artefact_score(f, reference_statistics(ref_feats[:i] + ref_feats[i + 1 :], floors))
                for i, f in enumerate(ref_feats)]  # fmt: skip
         thr = threshold_at_rate(np.array(loo), rate)
-        stats = reference_stats(ref_feats, floors)
+        stats = reference_statistics(ref_feats, floors)
         score = {k: artefact_score(feats[k], stats) for k in keys}
         h = [score[k] for k in healthy]
         res: dict[str, Any] = {"features": list(floors), "threshold": thr}

@@ -474,6 +474,7 @@ def compute_iqms(
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     raw_image: np.ndarray | None = None,
     raw_spacing: Sequence[float] | None = None,
+    no_ghost_reason: str | None = None,
 ) -> IQMResult:
     """MRIQC's anatomical IQMs of one scan (see the module docstring for definitions).
 
@@ -492,6 +493,8 @@ def compute_iqms(
             into the air, scales the air unevenly (on a simulated healthy scan it took the ratio
             from 0.000 to 0.32). ``None``: measured on ``image``, which must then be uncorrected.
         raw_spacing: voxel size of ``raw_image`` in mm (default ``spacing``).
+        no_ghost_reason: leave the ghost ratio undefined, for this reason (``image`` is
+            bias-corrected and the scan as acquired is not at hand).
 
     Returns:
         An :class:`IQMResult`.
@@ -557,14 +560,18 @@ def compute_iqms(
         for name in BACKGROUND_METRICS:
             if not math.isfinite(values[name]):
                 undefined[name] = "the air has no spread (zero standard deviation or energy)"
-        if raw_image is None:
+        if no_ghost_reason is not None:
+            values["ghost_ratio"] = float("nan")
+        elif raw_image is None:
             values["ghost_ratio"], _ = ghost_ratio(x, head, air, spacing)
         else:
             raw = np.asarray(raw_image, dtype=np.float32)
             rsp = spacing if raw_spacing is None else raw_spacing
             raw_head, raw_air = head_and_air_masks(raw, spacing=rsp)
             values["ghost_ratio"], _ = ghost_ratio(raw, raw_head, raw_air, rsp)
-        if not math.isfinite(values["ghost_ratio"]):
+        if no_ghost_reason is not None:
+            undefined["ghost_ratio"] = no_ghost_reason
+        elif not math.isfinite(values["ghost_ratio"]):
             undefined["ghost_ratio"] = (
                 f"no axis has {MIN_GHOST_VOXELS} air voxels both in the head's shadow and outside "
                 f"it, farther than {GHOST_FAR_MM:g} mm from the head (field of view too tight)"

@@ -152,12 +152,8 @@ class Scan:
                 native, native_mask, skull_stripped=bool(result.skull_stripped), spacing=spacing,
                 raw_image=None if raw_img is None else np.asarray(raw_img.dataobj, dtype=np.float32),
                 raw_spacing=None if raw_img is None else tuple(float(s) for s in raw_img.header.get_zooms()[:3]),
+                no_ghost_reason=None if raw_img is not None else NO_RAW_REASON,
             )  # fmt: skip
-            if raw_img is None and not result.skull_stripped:
-                metrics.values["ghost_ratio"] = float("nan")
-                metrics.undefined["ghost_ratio"] = (
-                    "the scan before bias correction was not available (give raw=)"
-                )
         scan = cls(
             image=np.asarray(result.image.dataobj, dtype=np.float32),
             brain_mask=np.asarray(result.brain_mask.dataobj) > 0,
@@ -171,6 +167,10 @@ class Scan:
             qc=dict(result.qc),
         )
         return scan.with_prior(prior) if prior is not None else scan
+
+
+NO_RAW_REASON = "the scan before bias correction was not available (give raw=)"
+"""Why a scan built from a preprocessing result alone has no ghost ratio."""
 
 
 def _raw_image(raw: Any, result: Any) -> nib.spatialimages.SpatialImage | None:

@@ -128,21 +128,28 @@ def artefact_features(
 
 def reference_statistics(
     features: Sequence[Mapping[str, float]],
+    min_scale: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Median and robust scale of each feature over healthy references (NaNs ignored).
 
-    ``scale = max(1.4826 MAD, MIN_RELATIVE_SCALE |median|, MIN_SCALE[feature])``. Features
+    ``scale = max(1.4826 MAD, MIN_RELATIVE_SCALE |median|, min_scale[feature])``. Features
     defined for no reference are left out (they cannot be scored).
+
+    Args:
+        features: one mapping of feature values per reference.
+        min_scale: the features to summarise and the floors of their scales (default
+            :data:`MIN_SCALE` for :data:`ARTEFACT_FEATURES`; another set compares other rules).
     """
+    floors = min_scale if min_scale is not None else {n: MIN_SCALE.get(n, 1e-9) for n in ARTEFACT_FEATURES}
     out: dict[str, dict[str, float]] = {}
-    for name in ARTEFACT_FEATURES:
+    for name, floor in floors.items():
         v = np.array([f.get(name, float("nan")) for f in features], dtype=np.float64)
         v = v[np.isfinite(v)]
         if v.size == 0:
             continue
         med = float(np.median(v))
         mad = float(np.median(np.abs(v - med))) * MAD_TO_SD
-        scale = max(mad, MIN_RELATIVE_SCALE * abs(med), MIN_SCALE.get(name, 1e-9))
+        scale = max(mad, MIN_RELATIVE_SCALE * abs(med), floor)
         out[name] = {"median": med, "scale": scale, "n": int(v.size)}
     return out
 

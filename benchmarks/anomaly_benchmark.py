@@ -241,6 +241,16 @@ def prepare_all(work: Path, jobs: dict[str, Any], grid_mm: float, seed: int, thr
     return {k: load_scan(work / "scans" / f"{k}.npz") for k in jobs if (work / "scans" / f"{k}.npz").is_file()}
 
 
+def healthy_cohort(work: Path, name: str, n: int, seed: int, threads: int, n_jobs: int) -> pd.DataFrame:
+    """Simulate (or reuse) ``n`` healthy subjects as cohort ``name`` and preprocess (or reuse)
+    their visits; return the visits table with a ``key`` column (cohort_participant_session)."""
+    v = simulate(work, name, n, seed, 2.0, (2, 3), tumour_fraction=0.0, artefact_fraction=0.0)
+    v["key"] = [f"{name}_{p}_{s}" for p, s in zip(v["participant_id"], v["session_id"], strict=True)]
+    prepare_all(work, dict(zip(v["key"], v["path"], strict=True)), 2.0, 0, threads, n_jobs,
+                (0.82, 0.82, 6.0), lambda m: print(m, flush=True))  # fmt: skip
+    return v
+
+
 def _portable_card(det: Any, work: Path) -> None:
     """Name the training and calibration scans relative to ``work`` (or the shared data folder)
     in the model card, not by this machine's absolute paths."""
@@ -314,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tumour-voxel-mm", type=float, nargs=3, default=(0.82, 0.82, 6.0))
     ap.add_argument("--noise-levels", type=float, nargs="+", default=None)
     ap.add_argument("--inference-steps", type=int, default=None)
+    ap.add_argument("--grow-quantile", type=float, default=0.99,
+                    help="healthy quantile the mask's clusters grow into (0: no growth)")  # fmt: skip
     ap.add_argument("--no-real", action="store_true", help="skip the shared real scans")
     ap.add_argument("--jobs", type=int, default=1,
                     help="preprocess this many scans at once (threads are shared out among them)")
@@ -338,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from neurocast.anomaly import AnomalyDetector
     from neurocast.anomaly.calibration import voxel_threshold_from_maps
-    from neurocast.anomaly.maps import eroded_mask, threshold_map
+    from neurocast.anomaly.maps import eroded_mask, grown_mask, threshold_map
     from neurocast.anomaly.model import native_map
     from neurocast.anomaly.scores import lesion_score
     from neurocast.registration.template import working_grid
@@ -400,15 +412,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
 
-    def with_priors(table: pd.DataFrame) -> list[Any]:
+    def with_priors(table: pd.DataFrame, participants: list[str] | None = None) -> list[Any]:
+        """The table's scans in time order, each with its previous scan as prior; ``participants``
+        (if given) receives each returned scan's participant."""
         out = []
-        for _, g in table.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
+        for pid, g in table.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
             prev = None
             for key in g["key"]:
                 if not scans[key].qc.get("passed", True):  # never train or calibrate on a failure
                     prev = None
                     continue
                 out.append(scans[key].with_prior(prev) if prev is not None else scans[key])
+                if participants is not None:
+                    participants.append(str(pid))
                 prev = scans[key]
         return out
 
@@ -420,8 +436,11 @@ def main(argv: list[str] | None = None) -> int:
         kw["noise_levels"] = tuple(args.noise_levels)
     if args.inference_steps:
         kw["num_inference_steps"] = args.inference_steps
+    kw["grow_quantile"] = args.grow_quantile if args.grow_quantile > 0 else None
     train_scans = with_priors(cohorts[cohorts["cohort"] == "train"]) + [real[n] for n in IXI_TRAIN if n in real]
-    calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"]) + [real[n] for n in IXI_CALIB if n in real]
+    calib_groups: list[str] = []  # each reference is scored against the other participants'
+    calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"], calib_groups) + [real[n] for n in IXI_CALIB if n in real]
+    calib_groups += [n for n in IXI_CALIB if n in real]
     steps = args.steps or size["steps"]
     if args.export_training:
         from anomaly_train import write_bundle
@@ -449,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         det.save(model_dir)
         log(f"trained {steps} steps in {train_seconds:.0f} s; loss {det.history_[-1]['loss']:.4f}")
     det.normative = not args.residual_map
-    det.calibrate(calib_scans, fpr=args.fpr)
+    det.calibrate(calib_scans, fpr=args.fpr, groups=calib_groups)
     _portable_card(det, work)
     det.save(model_dir)  # with its calibration: usable by `neurocast qa --model`
     cal = det.calibration_
@@ -516,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     zmaps_cal = [zb.map(s) for s in calib_scans]
     regions = [eroded_mask(s.brain_mask, det.erosion_mm, s.grid.spacing_mm) for s in calib_scans]
     z_thr = voxel_threshold_from_maps(zmaps_cal, regions, det.voxel_quantile)
+    # the detector's mask post-processing (clusters grown at a lower quantile) on (a) too
+    z_grow = voxel_threshold_from_maps(zmaps_cal, regions, det.grow_quantile) if det.grow_quantile else float("nan")
     min_vox = det._min_voxels()
     vv = grid.voxel_volume_mm3
     z_cal_scores = [lesion_score(m, z_thr, min_voxels=min_vox, voxel_volume_mm3=vv) for m in zmaps_cal]
@@ -524,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in test.itertuples():
         z = zb.map(scans[r.key])
         zs = lesion_score(z, z_thr, min_voxels=min_vox, voxel_volume_mm3=vv)
-        row = {"key": r.key, "z_lesion": zs, "z_dice": float("nan")}
+        row = {"key": r.key, "z_lesion": zs, "z_dice": float("nan"), "z_dice_grown": float("nan")}
         if r.tumour_present and os.path.isfile(r.tumour_truth):
             truth = np.asarray(nib.load(r.tumour_truth).dataobj) > 0
             brain = scans[r.key].brain_mask
@@ -532,12 +553,14 @@ def main(argv: list[str] | None = None) -> int:
             sv.append(maps[r.key][brain])
             zv.append(z[brain])
             row["z_dice"] = dice(threshold_map(z, z_thr, min_vox), truth)
+            row["z_dice_grown"] = dice(grown_mask(z, z_thr, z_grow, min_vox), truth)
         zrows.append(row)
     zdf = df.merge(pd.DataFrame(zrows), on="key")
     zp = zdf[~zdf["tumour_and_motion"]]
     res["baseline_z_tumour_auroc"] = auroc(list(zp[zp["kind"] == "tumour"]["z_lesion"]),
                                            list(zp[zp["kind"] == "healthy"]["z_lesion"]))  # fmt: skip
     res["baseline_z_tumour_dice_mean"] = float(np.nanmean(zp[zp["kind"] == "tumour"]["z_dice"])) if len(tu) else float("nan")
+    res["baseline_z_tumour_dice_mean_grown"] = float(np.nanmean(zp[zp["kind"] == "tumour"]["z_dice_grown"])) if len(tu) else float("nan")
     res["baseline_z_fpr_healthy"] = float(np.mean(zp[zp["kind"] == "healthy"]["z_lesion"] > z_les_thr)) if len(hl) else float("nan")
     if yv:
         y = np.concatenate(yv)

@@ -64,7 +64,7 @@ def residual_maps(
             return
         rmap, _, _ = det.residual_map(scan)
         np.savez_compressed(
-            out / f"{key}.npz", rmap=rmap, region=det._region(scan), brain=scan.brain_mask
+            out / f"{key}.npz", rmap=rmap, region=det.region(scan), brain=scan.brain_mask
         )
 
     def scan(key: str) -> Any:

@@ -22,7 +22,8 @@ DEFAULT_OUT = HERE.parent / "src" / "neurocast" / "weights" / "anomaly-demo"
 HEADLINE = (
     "tumour_auroc", "tumour_voxel_auprc", "tumour_dice_mean", "fpr_healthy", "motion_auroc_mild",
     "motion_auroc_moderate", "motion_auroc_severe", "baseline_z_tumour_auroc",
-    "baseline_z_voxel_auprc", "baseline_z_tumour_dice_mean", "baseline_lr_motion_auroc_mild",
+    "baseline_z_voxel_auprc", "baseline_z_tumour_dice_mean", "baseline_z_tumour_dice_mean_grown",
+    "baseline_lr_motion_auroc_mild",
     "baseline_lr_motion_auroc_moderate", "baseline_lr_motion_auroc_severe", "n",
 )  # fmt: skip
 NOTE = (

@@ -87,11 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     more_refs: list[Any] = []
     more_held: set[str] = set()
     if args.more_healthy:
-        v2 = B.simulate(work, "healthy2", args.more_healthy, MORE_HEALTHY_SEED, 2.0, (2, 3),
-                        tumour_fraction=0.0, artefact_fraction=0.0)  # fmt: skip
-        v2["key"] = [f"healthy2_{p}_{s}" for p, s in zip(v2["participant_id"], v2["session_id"], strict=True)]
-        B.prepare_all(work, dict(zip(v2["key"], v2["path"], strict=True)), 2.0, 0, args.threads,
-                      args.jobs, (0.82, 0.82, 6.0), lambda m: print(m, flush=True))  # fmt: skip
+        v2 = B.healthy_cohort(work, "healthy2", args.more_healthy, MORE_HEALTHY_SEED, args.threads, args.jobs)
         pids = sorted(set(v2["participant_id"]))
         first = set(pids[: len(pids) // 2])
         more_refs = with_priors(v2, "healthy2", first)

@@ -15,6 +15,7 @@ from neurocast.anomaly.calibration import (
     percentile_of,
     threshold_at_rate,
     voxel_threshold_from_maps,
+    voxel_thresholds_from_maps,
 )
 
 
@@ -74,7 +75,13 @@ def test_flags_percentiles_and_json_round_trip() -> None:
     assert percentile_of(0.0, [-1.0, 0.0, 1.0, 2.0]) == 50.0
     text = json.dumps(cal.to_dict())
     back = Calibration.from_dict(json.loads(text))
-    assert back == cal
+    assert back.to_dict() == cal.to_dict() and math.isnan(back.grow_threshold)  # NaN != NaN
+    grown = calibrate_scores([0.0, 1.0], [0.0, 1.0], voxel_threshold=0.3, voxel_quantile=0.999,
+                             grow_threshold=0.2, grow_quantile=0.99)  # fmt: skip
+    assert Calibration.from_dict(json.loads(json.dumps(grown.to_dict()))) == grown
+    # a calibration written before mask growth reads back without it
+    old = {k: v for k, v in cal.to_dict().items() if not k.startswith("grow_")}
+    assert math.isnan(Calibration.from_dict(old).grow_threshold)
 
 
 def test_voxel_threshold_is_a_quantile_of_healthy_map_values() -> None:
@@ -84,3 +91,6 @@ def test_voxel_threshold_is_a_quantile_of_healthy_map_values() -> None:
     thr = voxel_threshold_from_maps(maps, regions, 0.99)
     allv = np.concatenate([m.ravel() for m in maps])
     assert np.mean(allv > thr) == pytest.approx(0.01, abs=0.001)
+    assert voxel_thresholds_from_maps(maps, regions, (0.999, 0.99)) == [
+        voxel_threshold_from_maps(maps, regions, 0.999), thr
+    ]

@@ -127,6 +127,8 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path, _fast_preproc
     summary = site_card["extra"]["anomaly"]["training"]["data_summary"]
     assert summary["calibrated_on"]["participants"] == ["sub-001", "sub-002"]
     assert site_card["extra"]["anomaly"]["normative"]["n_references"] == 4
+    # two participants: each reference was scored against the other participant's scans
+    assert site_card["extra"]["anomaly"]["calibration"]["extra"]["left_out"] == "group"
     run = CliRunner().invoke(cli, ["train", "anomaly", str(datasets["train"]), str(site), "--model", str(model)])
     assert run.exit_code == 2 and "--calibrate-only" in run.output
     # fine-tuning starts from the model's weights, with its network and grid (not the defaults)

@@ -12,6 +12,7 @@ from neurocast.anomaly.maps import (
     anomaly_map,
     components,
     eroded_mask,
+    grown_mask,
     remove_small_components,
     threshold_map,
 )
@@ -66,6 +67,23 @@ def test_small_components_are_removed() -> None:
     assert remove_small_components(m, 1).sum() == m.sum()
 
 
+def test_the_mask_grows_a_strong_cluster_into_its_faint_rim_only() -> None:
+    """Hysteresis: a lesion's core (above the strict threshold) brings its faint rim; a faint
+    patch with no core, and a core smaller than min_voxels, bring nothing."""
+    m = np.zeros((20, 20, 20), np.float32)
+    m[3:10, 3:10, 3:10] = 0.5  # rim
+    m[5:8, 5:8, 5:8] = 1.0  # core: 27 voxels
+    m[13:17, 13:17, 13:17] = 0.5  # faint patch, no core
+    m[14, 3, 14] = 1.0  # a lone strong voxel...
+    m[13:16, 2:5, 13:16] = np.maximum(m[13:16, 2:5, 13:16], 0.5)  # ...with a faint rim of its own
+    grown = grown_mask(m, 0.8, 0.3, min_voxels=8)
+    assert grown[3:10, 3:10, 3:10].all()
+    assert grown.sum() == 7**3  # the rim, not the patch, not the lone voxel's rim
+    assert np.array_equal(grown_mask(m, 0.8, 0.9, min_voxels=8), threshold_map(m, 0.8, 8))
+    assert np.array_equal(grown_mask(m, 0.8, float("nan"), min_voxels=8), threshold_map(m, 0.8, 8))
+    assert not grown_mask(m, 2.0, 0.3).any()
+
+
 def test_artefact_score_rises_with_diffuse_residual_and_ghosting() -> None:
     rng = np.random.default_rng(2)
     region = np.ones((10, 10, 10), bool)
@@ -95,6 +113,21 @@ def test_artefact_score_rises_with_diffuse_residual_and_ghosting() -> None:
     assert math.isnan(stripped["ghost_ratio"]) and math.isfinite(artefact_score(stripped, ref))
     loo = leave_one_out_artefact_scores(refs)
     assert len(loo) == len(refs) and all(math.isfinite(v) for v in loo)
+
+
+def test_leave_one_group_out_artefact_scores_leave_out_the_whole_subject() -> None:
+    """By subject, each reference is scored against the other subjects' references only."""
+    refs = [dict.fromkeys(ARTEFACT_FEATURES, 0.0) | {"cjv": 0.50 + 0.01 * i} for i in range(8)]
+    refs[0]["cjv"] = refs[1]["cjv"] = 0.90
+    groups = ["a", "a", "b", "c", "d", "e", "f", "g"]
+    by_subject = leave_one_out_artefact_scores(refs, groups=groups)
+    expected = artefact_score(refs[0], reference_statistics(refs[2:]))
+    assert by_subject[0] == pytest.approx(expected) and by_subject[1] == pytest.approx(expected)
+    assert by_subject[2:] == pytest.approx(
+        [artefact_score(refs[i], reference_statistics([r for j, r in enumerate(refs) if j != i])) for i in range(2, 8)]
+    )
+    with pytest.raises(ValueError, match="one group per reference"):
+        leave_one_out_artefact_scores(refs, groups=groups[:3])
 
 
 def test_one_feature_far_off_the_references_cannot_carry_the_artefact_score_alone() -> None:

@@ -193,9 +193,9 @@ def test_calibration_standardises_the_map_and_the_model_folder_keeps_the_referen
     scan = make_scan(15, blob=True)
     rmap, _, _ = det.residual_map(scan)
     res = det.score(scan)
-    assert np.array_equal(res.anomaly_map, det.normative_.transform(rmap, det._region(scan)))
+    assert np.array_equal(res.anomaly_map, det.normative_.transform(rmap, det.region(scan)))
     # the artefact features read the residual map, not the standardised one
-    feats = artefact_features(rmap, det._region(scan), scan.iqms)
+    feats = artefact_features(rmap, det.region(scan), scan.iqms)
     assert res.features.keys() == feats.keys()
     assert np.allclose(list(res.features.values()), list(feats.values()), equal_nan=True)
     path = det.save(tmp_path / "model")
@@ -237,3 +237,59 @@ def test_calibrating_on_too_few_references_says_so(tiny_detector, make_scan, tmp
         det.calibrate([make_scan(100 + i) for i in range(6)])
     assert det.calibration_.at_reference_maximum
     assert any("fewer than the 39" in r.getMessage() and "1/7" in r.getMessage() for r in caplog.records)
+
+
+def test_calibration_from_residual_maps_matches_calibration_from_scans(
+    tiny_detector, make_scan, tmp_path
+) -> None:
+    """The benchmarks calibrate the same weights on many reference sets from cached residual maps:
+    that must be the calibration of the scans, and a scan's verdict from its residual map its score."""
+    det = AnomalyDetector.load(tiny_detector.save(tmp_path / "model"))
+    refs = [make_scan(100 + i) for i in range(6)]
+    rmaps = [det.residual_map(s)[0] for s in refs]
+    regions = [det.region(s) for s in refs]
+    iqms = [s.iqms for s in refs]
+    cal = det.calibrate(refs).calibration_
+    again = det.calibrate_residuals(rmaps, regions, iqms, references=cal.extra["references"]).calibration_
+    assert again.to_dict() == cal.to_dict()
+    scan = make_scan(21, blob=True)
+    res = det.score(scan)
+    judged = det.judge_residual(det.residual_map(scan)[0], det.region(scan), scan.iqms)
+    assert (judged.flag, judged.lesion_score, judged.artefact_score) == (res.flag, res.lesion_score, res.artefact_score)
+    assert np.array_equal(judged.anomaly_map, res.anomaly_map)
+    # by subject: three subjects of two visits each, each scored against the other two
+    by_subject = det.calibrate_residuals(rmaps, regions, iqms, groups=[1, 1, 2, 2, 3, 3]).calibration_
+    assert by_subject.extra["left_out"] == "group" and cal.extra["left_out"] == "scan"
+    assert by_subject.artefact_reference != cal.artefact_reference
+    assert by_subject.voxel_threshold != cal.voxel_threshold
+    with pytest.raises(ValueError, match="one group per reference"):
+        det.calibrate_residuals(rmaps, regions, iqms, groups=[1, 2])
+    with pytest.raises(ValueError, match="at least two groups"):
+        det.calibrate_residuals(rmaps, regions, iqms, groups=[1] * 6)
+
+
+def test_the_mask_is_the_lesion_clusters_grown_at_the_calibrated_lower_threshold(
+    tiny_detector, make_scan, blob_centre, tmp_path
+) -> None:
+    from neurocast.anomaly.maps import grown_mask, threshold_map
+
+    det = tiny_detector
+    cal = det.calibration_
+    assert cal.grow_quantile == det.grow_quantile == 0.99
+    assert cal.grow_threshold < cal.voxel_threshold
+    res = det.score(make_scan(22, blob=True))
+    core = threshold_map(res.anomaly_map, cal.voxel_threshold, det._min_voxels())
+    assert res.mask[blob_centre] and (res.mask >= core).all()
+    assert np.array_equal(res.mask, grown_mask(res.anomaly_map, cal.voxel_threshold, cal.grow_threshold, det._min_voxels()))
+    # a model card from before mask growth: no growth until it is calibrated again
+    path = det.save(tmp_path / "model")
+    card = json.loads((path / "model_card.json").read_text())
+    del card["extra"]["anomaly"]["params"]["grow_quantile"]
+    for key in ("grow_threshold", "grow_quantile"):
+        del card["extra"]["anomaly"]["calibration"][key]
+    (path / "model_card.json").write_text(json.dumps(card))
+    old = AnomalyDetector.load(path)
+    assert old.grow_quantile is None
+    assert np.array_equal(old.score(make_scan(22, blob=True)).mask, core)
+    with pytest.raises(ValueError, match="grow_quantile"):
+        AnomalyDetector(grow_quantile=0.9995)

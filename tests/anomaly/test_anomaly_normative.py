@@ -52,6 +52,30 @@ def test_leave_one_out_standardises_each_reference_against_the_others() -> None:
         NormativeMaps().leave_one_out(maps[:1], [region])
 
 
+def test_leave_one_group_out_standardises_against_the_other_subjects_only() -> None:
+    """A subject's two visits share a residual peak (its own anatomy): left out one scan at a
+    time, the other visit hides the peak; left out by subject, it shows as it would in a new one."""
+    region = np.ones(SHAPE, bool)
+    maps = healthy_maps(8, seed=3)
+    for m in maps[:2]:  # subject "a"
+        m[7, 5, 5] = 0.5
+    groups = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    norm = NormativeMaps(smoothing_mm=0.0)
+    by_scan = norm.leave_one_out(maps, [region] * 8)
+    by_subject = norm.leave_one_out(maps, [region] * 8, groups=groups)
+    others = NormativeMaps(smoothing_mm=0.0).fit(maps[2:], [region] * 6)
+    others.floor_ = norm.floor_
+    assert np.allclose(by_subject[0], others.transform(maps[0], region), rtol=2e-3, atol=1e-3)
+    assert by_subject[0][7, 5, 5] > 3 * by_scan[0][7, 5, 5]
+    # a subject with one visit is left out alone either way
+    single = NormativeMaps(smoothing_mm=0.0).leave_one_out(maps, [region] * 8, groups=[0, 1, 2, 3, 4, 5, 6, 7])
+    assert all(np.array_equal(x, y) for x, y in zip(single, by_scan, strict=True))
+    with pytest.raises(ValueError, match="one group per map"):
+        norm.leave_one_out(maps, [region] * 8, groups=groups[:7])
+    with pytest.raises(ValueError, match="at least two groups"):
+        norm.leave_one_out(maps, [region] * 8, groups=["a"] * 8)
+
+
 def test_voxels_no_reference_covers_take_the_median_statistics() -> None:
     region = np.zeros(SHAPE, bool)
     region[2:8, 2:8, 2:8] = True

@@ -13,7 +13,10 @@ positively correlated.
 
 The voxel threshold of the anomaly map is the ``voxel_quantile`` (default 0.999) of the map
 values of all reference scans inside their eroded brain masks, so about 1 healthy voxel in 1000
-is above it before small clusters are removed.
+is above it before small clusters are removed. The clusters above it (the lesion score's) are
+grown into the connected voxels above the ``grow_quantile`` (default 0.99) of the same values
+for the binary mask (hysteresis thresholding, :func:`neurocast.anomaly.maps.grown_mask`): a
+lesion's faint rim is part of it, a faint patch with no strong core is not.
 
 Flags: ``pass``; ``review-lesion`` (lesion score above its threshold); ``review-artefact``
 (artefact score above its threshold). When both are above, the one exceeding its threshold by
@@ -101,6 +104,8 @@ class Calibration:
         lesion_threshold, artefact_threshold: score thresholds (flag when above).
         voxel_threshold: anomaly-map value of the binary mask and the clusters.
         voxel_quantile: the quantile of healthy map values that set ``voxel_threshold``.
+        grow_threshold, grow_quantile: the map value (and its quantile) the mask's clusters are
+            grown into (``NaN``: no growth, the mask is the clusters above ``voxel_threshold``).
         lesion_reference, artefact_reference: the reference scores, sorted.
         feature_reference: median and scale of each artefact feature over the references.
         n_references: number of reference scans.
@@ -118,6 +123,8 @@ class Calibration:
     feature_reference: dict[str, dict[str, float]] = field(default_factory=dict)
     n_references: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    grow_threshold: float = float("nan")
+    grow_quantile: float = float("nan")
 
     @property
     def at_reference_maximum(self) -> bool:
@@ -208,7 +215,7 @@ class Calibration:
             lesion_threshold=num(d["lesion_threshold"]),
             artefact_threshold=num(d["artefact_threshold"]),
             voxel_threshold=num(d["voxel_threshold"]),
-            voxel_quantile=float(d["voxel_quantile"]),
+            voxel_quantile=num(d["voxel_quantile"]),
             lesion_reference=[num(v) for v in d["lesion_reference"]],
             artefact_reference=[num(v) for v in d["artefact_reference"]],
             feature_reference={
@@ -217,6 +224,8 @@ class Calibration:
             },
             n_references=int(d.get("n_references", 0)),
             extra=dict(d.get("extra", {})),
+            grow_threshold=num(d.get("grow_threshold")),
+            grow_quantile=num(d.get("grow_quantile")),
         )
 
 
@@ -239,6 +248,8 @@ def calibrate_scores(
     voxel_quantile: float = float("nan"),
     feature_reference: Mapping[str, Mapping[str, float]] | None = None,
     extra: Mapping[str, Any] | None = None,
+    grow_threshold: float = float("nan"),
+    grow_quantile: float = float("nan"),
 ) -> Calibration:
     """A :class:`Calibration` from the two scores of healthy reference scans.
 
@@ -247,6 +258,8 @@ def calibrate_scores(
         fpr: the share of healthy scans to flag (default 5 %).
         voxel_threshold, voxel_quantile: the voxel threshold of the maps and its quantile
             (recorded; see :func:`voxel_threshold_from_maps`).
+        grow_threshold, grow_quantile: the lower threshold the mask's clusters grow into, and
+            its quantile (recorded; ``NaN``: no growth).
         feature_reference: the artefact features' reference statistics.
         extra: more JSON to keep.
     """
@@ -267,6 +280,8 @@ def calibrate_scores(
         feature_reference={k: dict(v) for k, v in (feature_reference or {}).items()},
         n_references=int(les.size),
         extra=dict(extra or {}),
+        grow_threshold=float(grow_threshold),
+        grow_quantile=float(grow_quantile),
     )
 
 
@@ -274,6 +289,13 @@ def voxel_threshold_from_maps(
     maps: Sequence[np.ndarray], regions: Sequence[np.ndarray], quantile: float = 0.999
 ) -> float:
     """The ``quantile`` of the healthy maps' values inside their regions (eroded brain masks)."""
+    return voxel_thresholds_from_maps(maps, regions, (quantile,))[0]
+
+
+def voxel_thresholds_from_maps(
+    maps: Sequence[np.ndarray], regions: Sequence[np.ndarray], quantiles: Sequence[float]
+) -> list[float]:
+    """:func:`voxel_threshold_from_maps` at several quantiles, reading the maps once."""
     if not maps:
         raise ValueError("no reference maps")
     vals = np.concatenate(
@@ -281,4 +303,4 @@ def voxel_threshold_from_maps(
     )
     if vals.size == 0:
         raise ValueError("the reference maps hold no voxel inside their regions")
-    return float(np.quantile(vals, quantile))
+    return [float(v) for v in np.quantile(vals, list(quantiles))]

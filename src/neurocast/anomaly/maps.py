@@ -12,7 +12,12 @@ pDDPM 2023):
 2. it is **median filtered** (``median_size`` voxels per axis, default 3; zeros outside) to remove
    salt-and-pepper residual while keeping the edges of real blobs;
 3. thresholding (:func:`threshold_map`) keeps voxels above the calibrated voxel threshold and
-   **removes connected components** smaller than ``min_voxels`` (6-connectivity).
+   **removes connected components** smaller than ``min_voxels`` (6-connectivity);
+4. the binary mask **grows** those clusters into the connected voxels above a lower calibrated
+   threshold (:func:`grown_mask`, hysteresis thresholding as in Canny's edge detector): the
+   strict threshold decides *whether* there is a lesion, the lower one *how far* it reaches.
+   Without it the mask keeps only a lesion's brightest core (chosen on the development cohort of
+   ``benchmarks/anomaly_mask_growth.py``, see BENCHMARKS.md).
 
 Units: the map is in normalised intensity units (white-matter peak = 1), like the images. A
 calibrated detector then standardises it voxel by voxel against its healthy references
@@ -94,6 +99,29 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
 def threshold_map(amap: np.ndarray, threshold: float, min_voxels: int = 1) -> np.ndarray:
     """Binary anomaly mask: ``amap > threshold`` without components smaller than ``min_voxels``."""
     return remove_small_components(np.asarray(amap) > threshold, min_voxels)
+
+
+def grown_mask(
+    amap: np.ndarray, seed_threshold: float, grow_threshold: float, min_voxels: int = 1
+) -> np.ndarray:
+    """Hysteresis mask: the voxels above ``grow_threshold`` 6-connected to a cluster of at least
+    ``min_voxels`` voxels above ``seed_threshold``.
+
+    A ``grow_threshold`` at or above ``seed_threshold`` (or ``NaN``) gives
+    :func:`threshold_map`'s mask.
+
+    Example:
+        >>> import numpy as np
+        >>> m = np.zeros((9, 3, 3)); m[1:4] = 0.6; m[2] = 1.0; m[6:8] = 0.6  # a core, a faint patch
+        >>> grown_mask(m, 0.8, 0.5)[:, 1, 1].astype(int).tolist()
+        [0, 1, 1, 1, 0, 0, 0, 0, 0]
+    """
+    seeds = threshold_map(amap, seed_threshold, min_voxels)
+    if not np.isfinite(grow_threshold) or grow_threshold >= seed_threshold or not seeds.any():
+        return seeds
+    lab, _n = ndi.label(np.asarray(amap) > grow_threshold)
+    keep = np.unique(lab[seeds])
+    return np.isin(lab, keep[keep > 0])
 
 
 @dataclass

@@ -7,12 +7,15 @@
    healthy scans on the working grid (:mod:`neurocast.anomaly.training`);
 2. :meth:`~AnomalyDetector.calibrate` scores healthy reference scans (not used for training) and
    sets the thresholds at the chosen false-positive rate (:mod:`neurocast.anomaly.calibration`);
+   given each reference's participant (``groups``), a reference is scored against the other
+   participants' references only; :meth:`~AnomalyDetector.calibrate_residuals` does the same
+   from residual maps already computed;
 3. :meth:`~AnomalyDetector.score` reconstructs a scan from partially noised copies, turns the
    residual into a residual map (:mod:`neurocast.anomaly.maps`), standardises it voxel by voxel
    against the healthy references of the calibration into the anomaly map
    (:mod:`neurocast.anomaly.normative`), scores it
-   (:mod:`neurocast.anomaly.scores`) and flags it; the map is also brought back to the scan's
-   native grid;
+   (:mod:`neurocast.anomaly.scores`) and flags it (:meth:`~AnomalyDetector.judge_residual` from
+   a residual map already computed); the map is also brought back to the scan's native grid;
 4. :meth:`~AnomalyDetector.save` / :meth:`~AnomalyDetector.load`: a backbone checkpoint folder
    (safetensors + ``model_card.json``) whose card holds the detector's settings, grid and
    calibration under ``extra.anomaly``; the references' mean and spread maps are in
@@ -68,9 +71,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from neurocast.anomaly.calibration import Calibration, calibrate_scores, voxel_threshold_from_maps
+from neurocast.anomaly.calibration import Calibration, calibrate_scores, voxel_thresholds_from_maps
 from neurocast.anomaly.iqm import IQMResult
-from neurocast.anomaly.maps import Component, anomaly_map, components, eroded_mask, threshold_map
+from neurocast.anomaly.maps import Component, anomaly_map, components, eroded_mask, grown_mask
 from neurocast.anomaly.normative import RULE as NORMATIVE_RULE
 from neurocast.anomaly.normative import NormativeMaps
 from neurocast.anomaly.scan import Scan
@@ -113,7 +116,7 @@ FORMAT_VERSION = 1
 _PARAMS = (
     "channels", "num_res_blocks", "noise_levels", "num_inference_steps", "n_steps", "batch_size",
     "lr", "warmup_steps", "prior_drop_prob", "min_brain_fraction", "erosion_mm", "median_size",
-    "min_component_mm3", "voxel_quantile", "fpr", "inference_batch_size", "inference_dtype", "seed",
+    "min_component_mm3", "voxel_quantile", "grow_quantile", "fpr", "inference_batch_size", "inference_dtype", "seed",
     "mixed_precision", "normative", "normative_smoothing_mm", "normative_floor",
 )  # fmt: skip
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -198,6 +201,29 @@ class AnomalyResult:
         }
 
 
+@dataclass
+class ResidualJudgement:
+    """What :meth:`AnomalyDetector.judge_residual` returns: a scan's verdict from its residual map.
+
+    Attributes:
+        anomaly_map: the standardised map (see :class:`AnomalyResult`).
+        components: supra-threshold clusters, largest mass first.
+        features: the artefact features.
+        lesion_score, artefact_score, flag, percentile, lesion_percentile, artefact_percentile:
+            as in :class:`AnomalyResult`.
+    """
+
+    anomaly_map: np.ndarray
+    components: list[Component]
+    features: dict[str, float]
+    lesion_score: float
+    artefact_score: float
+    flag: str
+    percentile: float
+    lesion_percentile: float
+    artefact_percentile: float
+
+
 def _grid_to_json(grid: Grid) -> dict[str, Any]:
     return {"shape": list(grid.shape), "affine": np.asarray(grid.affine).tolist()}
 
@@ -229,6 +255,9 @@ class AnomalyDetector:
             floor (fraction of its median), see :class:`~neurocast.anomaly.normative.NormativeMaps`.
         min_component_mm3: clusters smaller than this are removed from masks and scores.
         voxel_quantile: quantile of healthy map values that sets the voxel threshold.
+        grow_quantile: quantile of healthy map values the mask's clusters grow into
+            (:func:`~neurocast.anomaly.maps.grown_mask`; ``None``: no growth, the mask is the
+            clusters above the voxel threshold).
         fpr: per-scan false-positive rate of the calibration.
         inference_batch_size: slices per network call when reconstructing.
         inference_dtype: ``"bfloat16"`` (default) runs the network under ``torch.autocast`` in
@@ -263,6 +292,7 @@ class AnomalyDetector:
         median_size: int = 3,
         min_component_mm3: float = 64.0,
         voxel_quantile: float = 0.999,
+        grow_quantile: float | None = 0.99,
         fpr: float = 0.05,
         inference_batch_size: int = 32,
         inference_dtype: str = "bfloat16",
@@ -290,6 +320,11 @@ class AnomalyDetector:
         self.median_size = int(median_size)
         self.min_component_mm3 = float(min_component_mm3)
         self.voxel_quantile = float(voxel_quantile)
+        if grow_quantile is not None and not 0.0 < grow_quantile < self.voxel_quantile:
+            raise ValueError(
+                f"grow_quantile must be in (0, voxel_quantile={self.voxel_quantile}) or None, got {grow_quantile}"
+            )
+        self.grow_quantile = None if grow_quantile is None else float(grow_quantile)
         self.fpr = float(fpr)
         self.inference_batch_size = int(inference_batch_size)
         if inference_dtype not in _DTYPES:
@@ -506,18 +541,24 @@ class AnomalyDetector:
         against the healthy references when the calibration holds them (``normative_``, units:
         healthy standard deviations), else as is (normalised intensity units)."""
         rmap, recon, residual = self.residual_map(scan, use_prior=use_prior)
-        return self._standardised(rmap, scan), recon, residual
+        return self._standardised(rmap, self.region(scan)), recon, residual
 
-    def _standardised(self, rmap: np.ndarray, scan: Scan) -> np.ndarray:
+    def _standardised(self, rmap: np.ndarray, region: np.ndarray) -> np.ndarray:
         norm = getattr(self, "normative_", None)
-        return rmap if norm is None else norm.transform(rmap, self._region(scan))
+        return rmap if norm is None else norm.transform(rmap, region)
 
-    def _region(self, scan: Scan) -> np.ndarray:
+    def region(self, scan: Scan) -> np.ndarray:
+        """Where the maps and the artefact features are read: the scan's brain mask eroded by
+        ``erosion_mm`` (``(X, Y, Z)`` bool on the detector's grid)."""
         return eroded_mask(scan.brain_mask, self.erosion_mm, scan.grid.spacing_mm)
 
     # ------------------------------------------------------------------ calibrate
     def calibrate(
-        self, healthy_scans: Sequence[Scan], *, fpr: float | None = None
+        self,
+        healthy_scans: Sequence[Scan],
+        *,
+        fpr: float | None = None,
+        groups: Sequence[Any] | None = None,
     ) -> AnomalyDetector:
         """Set the thresholds on healthy reference scans (not used for training).
 
@@ -525,6 +566,8 @@ class AnomalyDetector:
             healthy_scans: healthy references on the detector's grid, with their priors where the
                 scans to be screened will have them.
             fpr: false-positive rate (default the constructor's ``fpr``).
+            groups: one label per reference (e.g. the participant); see
+                :meth:`calibrate_residuals`.
 
         Returns:
             ``self`` with ``calibration_`` set.
@@ -532,36 +575,89 @@ class AnomalyDetector:
         self._check_fitted()
         if len(healthy_scans) < 2:
             raise ValueError("calibration needs at least two healthy reference scans")
-        rmaps, regions, feats = [], [], []
+        rmaps, regions, iqms = [], [], []
         for s in healthy_scans:
             self._check_grid(s)
             rmap, _, _ = self.residual_map(s)
-            region = self._region(s)
             rmaps.append(rmap)
-            regions.append(region)
-            feats.append(artefact_features(rmap, region, s.iqms))
+            regions.append(self.region(s))
+            iqms.append(s.iqms)
+        return self.calibrate_residuals(
+            rmaps,
+            regions,
+            iqms,
+            fpr=fpr,
+            groups=groups,
+            references=[s.source or f"scan {i}" for i, s in enumerate(healthy_scans)],
+        )
+
+    def calibrate_residuals(
+        self,
+        residual_maps: Sequence[np.ndarray],
+        regions: Sequence[np.ndarray],
+        iqms: Sequence[IQMResult | None],
+        *,
+        fpr: float | None = None,
+        groups: Sequence[Any] | None = None,
+        references: Sequence[str] | None = None,
+    ) -> AnomalyDetector:
+        """:meth:`calibrate` from the references' residual maps (:meth:`residual_map`), e.g. to
+        calibrate the same weights on several reference sets without reconstructing again.
+
+        Each reference is scored against the *other* references (the normative maps and the
+        artefact features' statistics leave it out), so that its scores spread like a new scan's.
+        With ``groups``, a reference is scored against the references of *other* groups only:
+        give the participant, so that a subject's other visits (the same anatomy) do not make
+        its scans look more typical than a new subject's.
+
+        Args:
+            residual_maps: ``(X, Y, Z)`` residual maps on the detector's grid, one per reference.
+            regions: their eroded brain masks (:meth:`region`), same shapes.
+            iqms: their image quality metrics (``None`` where not computed).
+            fpr: false-positive rate (default the constructor's ``fpr``).
+            groups: one label per reference (``None``: each reference its own group).
+            references: identifiers recorded in the calibration (default ``"scan i"``).
+
+        Returns:
+            ``self`` with ``calibration_`` (and ``normative_``) set.
+        """
+        self._check_fitted()
+        n = len(residual_maps)
+        if n < 2:
+            raise ValueError("calibration needs at least two healthy reference scans")
+        if len(regions) != n or len(iqms) != n:
+            raise ValueError("give one region and one IQM result per residual map")
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"give one group per reference: {len(groups)} groups for {n} references")
+        if groups is not None and len(set(groups)) < 2:
+            raise ValueError("calibration by groups needs references from at least two groups")
+        feats = [artefact_features(m, r, q) for m, r, q in zip(residual_maps, regions, iqms, strict=True)]
         self.normative_: NormativeMaps | None = None
-        maps = rmaps
+        maps = list(residual_maps)
         if self.normative:
-            # each reference against the others: the thresholds then see a new scan's spread
             norm = NormativeMaps(self.normative_smoothing_mm, self.normative_floor)
-            maps = norm.leave_one_out(rmaps, regions, self.grid_.spacing_mm)
+            maps = norm.leave_one_out(maps, regions, self.grid_.spacing_mm, groups=groups)
             self.normative_ = norm
-        vthr = voxel_threshold_from_maps(maps, regions, self.voxel_quantile)
+        quantiles = [self.voxel_quantile] + ([self.grow_quantile] if self.grow_quantile is not None else [])
+        vthr, *grow = voxel_thresholds_from_maps(maps, regions, quantiles)
         vv = self.grid_.voxel_volume_mm3
         les = [lesion_score(m, vthr, min_voxels=self._min_voxels(), voxel_volume_mm3=vv) for m in maps]
-        art = leave_one_out_artefact_scores(feats)
+        art = leave_one_out_artefact_scores(feats, groups=groups)
+        names = list(references) if references is not None else [f"scan {i}" for i in range(n)]
         self.calibration_ = calibrate_scores(
             les,
             art,
             fpr=self.fpr if fpr is None else float(fpr),
             voxel_threshold=vthr,
             voxel_quantile=self.voxel_quantile,
+            grow_threshold=grow[0] if grow else float("nan"),
+            grow_quantile=self.grow_quantile if grow else float("nan"),
             feature_reference=reference_statistics(feats),
             extra={
-                "references": [s.source or f"scan {i}" for i, s in enumerate(healthy_scans)],
+                "references": names,
                 "artefact_score_rule": ARTEFACT_SCORE_RULE,
                 "map": NORMATIVE_RULE if self.normative_ is not None else "residual",
+                "left_out": "group" if groups is not None else "scan",
             },
         )
         note = self.calibration_.describe_reference_count()
@@ -582,33 +678,70 @@ class AnomalyDetector:
             raise RuntimeError("this AnomalyDetector is not calibrated: call calibrate() first")
         t0 = time.perf_counter()
         rmap, recon, _ = self.residual_map(scan, use_prior=use_prior)
-        amap = self._standardised(rmap, scan)
-        region = self._region(scan)
-        vv = self.grid_.voxel_volume_mm3
-        comps = components(amap, cal.voxel_threshold, min_voxels=self._min_voxels(), voxel_volume_mm3=vv)
-        les = comps[0].mass if comps else 0.0
-        feats = artefact_features(rmap, region, scan.iqms)  # the artefact features read the residual
-        art = artefact_score(feats, cal.feature_reference)
-        verdict = cal.assess(les, art)
+        judged = self.judge_residual(rmap, self.region(scan), scan.iqms)
+        amap = judged.anomaly_map
         native = native_map(amap, scan) if scan.has_native else None
         return AnomalyResult(
             anomaly_map=amap,
-            mask=threshold_map(amap, cal.voxel_threshold, self._min_voxels()),
+            mask=self.mask_of(amap),
             reconstruction=recon,
             grid=scan.grid,
+            lesion_score=judged.lesion_score,
+            artefact_score=judged.artefact_score,
+            flag=judged.flag,
+            percentile=judged.percentile,
+            lesion_percentile=judged.lesion_percentile,
+            artefact_percentile=judged.artefact_percentile,
+            features=judged.features,
+            feature_z=feature_zscores(judged.features, cal.feature_reference),
+            components=judged.components,
+            iqms=scan.iqms,
+            used_prior=bool(use_prior and scan.has_prior),
+            native_map=native,
+            seconds=time.perf_counter() - t0,
+        )
+
+    def mask_of(self, anomaly_map: np.ndarray) -> np.ndarray:
+        """The binary anomaly mask of an anomaly map at the calibrated thresholds: the clusters
+        above the voxel threshold (at least ``min_component_mm3``), grown into the connected
+        voxels above the grow threshold (:func:`~neurocast.anomaly.maps.grown_mask`)."""
+        cal = getattr(self, "calibration_", None)
+        if cal is None:
+            raise RuntimeError("this AnomalyDetector is not calibrated: call calibrate() first")
+        return grown_mask(anomaly_map, cal.voxel_threshold, cal.grow_threshold, self._min_voxels())
+
+    def judge_residual(
+        self, residual_map: np.ndarray, region: np.ndarray, iqms: IQMResult | None = None
+    ) -> ResidualJudgement:
+        """Scores, flag and percentiles of a scan from its residual map (:meth:`residual_map`),
+        without reconstructing: what :meth:`score` does after the reconstruction.
+
+        Args:
+            residual_map: ``(X, Y, Z)`` residual map on the detector's grid.
+            region: the scan's eroded brain mask (:meth:`region`).
+            iqms: the scan's image quality metrics (``None``: the artefact score reads the
+                residual features only).
+        """
+        cal = getattr(self, "calibration_", None)
+        if cal is None:
+            raise RuntimeError("this AnomalyDetector is not calibrated: call calibrate() first")
+        amap = self._standardised(residual_map, region)
+        vv = self.grid_.voxel_volume_mm3
+        comps = components(amap, cal.voxel_threshold, min_voxels=self._min_voxels(), voxel_volume_mm3=vv)
+        les = comps[0].mass if comps else 0.0
+        feats = artefact_features(residual_map, region, iqms)  # the artefact features read the residual
+        art = artefact_score(feats, cal.feature_reference)
+        verdict = cal.assess(les, art)
+        return ResidualJudgement(
+            anomaly_map=amap,
+            components=comps,
+            features=feats,
             lesion_score=float(les),
             artefact_score=float(art),
             flag=verdict["flag"],
             percentile=verdict["percentile"],
             lesion_percentile=verdict["lesion_percentile"],
             artefact_percentile=verdict["artefact_percentile"],
-            features=feats,
-            feature_z=feature_zscores(feats, cal.feature_reference),
-            components=comps,
-            iqms=scan.iqms,
-            used_prior=bool(use_prior and scan.has_prior),
-            native_map=native,
-            seconds=time.perf_counter() - t0,
         )
 
     # ------------------------------------------------------------------ save / load
@@ -678,6 +811,7 @@ class AnomalyDetector:
         unknown = sorted(set(params) - set(_PARAMS))
         if unknown:
             raise CheckpointError(f"{p}: unknown detector settings in the model card: {unknown}")
+        params.setdefault("grow_quantile", None)  # cards from before mask growth: none
         det = cls(**params, device=device)
         det.model_ = load_backbone(p, device=device)
         det.config_ = det.model_.config

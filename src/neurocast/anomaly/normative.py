@@ -119,20 +119,34 @@ class NormativeMaps:
         maps: Sequence[np.ndarray],
         regions: Sequence[np.ndarray],
         spacing: Sequence[float] = (2.0, 2.0, 2.0),
+        *,
+        groups: Sequence[Any] | None = None,
     ) -> list[np.ndarray]:
         """Fit on ``maps`` and return each one standardised against the others (the floor of the
-        full fit). Needs at least two maps."""
+        full fit). Needs at least two maps.
+
+        With ``groups`` (one label per map, e.g. the participant), each map is standardised
+        against the maps of the *other* groups: a subject's other visits share its anatomy, so
+        leaving out only the scan itself would still make it look more typical than a new
+        subject's scan. Needs at least two groups.
+        """
         if len(maps) < 2:
             raise ValueError("leave-one-out standardisation needs at least two reference maps")
+        labels = list(range(len(maps))) if groups is None else list(groups)
+        if len(labels) != len(maps):
+            raise ValueError(f"give one group per map: {len(labels)} groups for {len(maps)} maps")
+        if len(set(labels)) < 2:
+            raise ValueError("leave-one-group-out standardisation needs at least two groups")
         sums = self._sums(maps, regions)
         self._fit_sums(sums, spacing, len(maps))
         total, total_sq, count = sums
-        out = []
-        for m, r in zip(maps, regions, strict=True):
-            keep = np.asarray(r, dtype=bool)
-            a = np.where(keep, np.asarray(m, dtype=np.float64), 0.0)
-            mean, sd = self._moments(total - a, total_sq - a * a, count - keep)
-            out.append(_standardise(m, keep, mean, sd, self.floor_))
+        out: list[np.ndarray] = [np.empty(0)] * len(maps)
+        for g in dict.fromkeys(labels):
+            members = [i for i, lab in enumerate(labels) if lab == g]
+            gt, gsq, gc = self._sums([maps[i] for i in members], [regions[i] for i in members])
+            mean, sd = self._moments(total - gt, total_sq - gsq, count - gc)
+            for i in members:
+                out[i] = _standardise(maps[i], np.asarray(regions[i], dtype=bool), mean, sd, self.floor_)
         return out
 
     def _sums(

@@ -175,17 +175,24 @@ def artefact_score(
     return float(np.mean(np.clip(list(z.values()), -Z_CLIP, Z_CLIP))) if z else float("nan")
 
 
-def leave_one_out_artefact_scores(features: Sequence[Mapping[str, float]]) -> list[float]:
+def leave_one_out_artefact_scores(
+    features: Sequence[Mapping[str, float]], *, groups: Sequence[Any] | None = None
+) -> list[float]:
     """Artefact score of each reference against the *other* references.
 
     Used by the calibration: a reference scored against statistics that include itself looks
-    more typical than a new scan would, which would put the threshold too low.
+    more typical than a new scan would, which would put the threshold too low. With ``groups``
+    (one label per reference, e.g. the participant) each is scored against the other groups'
+    references only.
     """
+    labels = list(range(len(features))) if groups is None else list(groups)
+    if len(labels) != len(features):
+        raise ValueError(f"give one group per reference: {len(labels)} groups for {len(features)}")
     out = []
-    for i in range(len(features)):
-        others = [f for j, f in enumerate(features) if j != i]
+    for f, g in zip(features, labels, strict=True):
+        others = [o for o, h in zip(features, labels, strict=True) if h != g]
         ref = reference_statistics(others) if others else reference_statistics(features)
-        out.append(artefact_score(features[i], ref))
+        out.append(artefact_score(f, ref))
     return out
 
 

@@ -48,13 +48,14 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from neurocast.anomaly.calibration import Calibration
 from neurocast.anomaly.model import AnomalyDetector, AnomalyResult
 from neurocast.anomaly.scan import Scan
 from neurocast.errors import CheckpointError, InvalidDatasetError
@@ -215,6 +216,16 @@ def map_sidecar(det: AnomalyDetector) -> dict[str, str]:
     }
 
 
+def _mask_description(det: AnomalyDetector, cal: Calibration) -> str:
+    text = (
+        f"anomaly map > {cal.voxel_threshold:.4g} (calibrated voxel threshold), clusters < "
+        f"{det.min_component_mm3:g} mm3 removed"
+    )
+    if math.isfinite(cal.grow_threshold):
+        text += f", grown into the connected voxels > {cal.grow_threshold:.4g} (grow threshold)"
+    return text
+
+
 def _figure_png(scan: Scan, result: AnomalyResult, threshold: float) -> bytes:
     from neurocast.anomaly.overlay import image_centre, overlay_png
 
@@ -316,8 +327,7 @@ def qa_participant(
             writer.write_nifti(f"{folder}/{names['map']}", result.map_image(), **prov, extra=extra)
             writer.write_nifti(
                 f"{folder}/{names['mask']}", result.mask_image(), **prov,
-                extra={"Description": f"anomaly map > {cal.voxel_threshold:.4g} (calibrated "
-                       f"voxel threshold), clusters < {det.min_component_mm3:g} mm3 removed"},
+                extra={"Description": _mask_description(det, cal)},
             )  # fmt: skip
             if result.native_map is not None:
                 native = in_source_orientation(result.native_map, source)
@@ -335,6 +345,7 @@ def qa_participant(
                     "lesion_threshold": _num(cal.lesion_threshold),
                     "artefact_threshold": _num(cal.artefact_threshold),
                     "voxel_threshold": _num(cal.voxel_threshold),
+                    "grow_threshold": _num(cal.grow_threshold),
                     "n_references": cal.n_references,
                 },
                 "preprocessing_qc": {
@@ -581,7 +592,7 @@ def calibrate_detector(
     refs = [s for lab in sorted(per_subject) for s in per_subject[lab]]
     if len(refs) < 2:
         raise InvalidDatasetError(bids, "calibration needs at least two healthy scans that preprocess")
-    det.calibrate(refs, fpr=fpr)
+    det.calibrate(refs, fpr=fpr, groups=_participant_groups(per_subject, sorted(per_subject)))
     det.training_.setdefault("data_summary", {})["calibrated_on"] = {
         "bids_dir": str(bids.resolve()),
         "participants": [f"sub-{x}" for x in sorted(per_subject)],
@@ -682,6 +693,14 @@ def train_detector(
         max_seconds=max_seconds,
         init=start,
     )
-    det.calibrate(cal_scans)
+    det.calibrate(cal_scans, groups=_participant_groups(per_subject, cal_labels))
     det.save(model_dir)
     return det
+
+
+def _participant_groups(per_subject: dict[str, list[Scan]], labels: Sequence[str]) -> list[str] | None:
+    """Each reference's participant, in the order ``labels`` lists their scans, so that the
+    calibration scores a reference against the other participants' scans
+    (:meth:`AnomalyDetector.calibrate`); ``None`` (each scan alone) with a single participant."""
+    groups = [lab for lab in labels for _ in per_subject[lab]]
+    return groups if len(set(groups)) > 1 else None

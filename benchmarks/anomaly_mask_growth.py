@@ -1,0 +1,94 @@
+"""Choose the anomaly mask's grow quantile on the development cohort (never the test cohort).
+
+The lesion score and the flags come from the clusters above the voxel threshold (the 0.999
+quantile of healthy map values). The binary mask can grow those clusters into the connected
+voxels above a lower quantile (:func:`neurocast.anomaly.maps.grown_mask`, hysteresis
+thresholding). For each grow quantile the shipped weights are calibrated on the benchmark's
+references (the ``calib`` cohort and the two calibration IXI adults, each scored against the
+other participants: :meth:`neurocast.anomaly.AnomalyDetector.calibrate_residuals`) and the ``dev``
+cohort (the test cohort's settings at seed 505) is scored from its cached residual maps:
+
+* the Dice of the mask with the true tumour, per tumour visit (visits with motion left out);
+* the volume the mask flags on the healthy ``dev`` visits (ml), the price of growing.
+
+Run::
+
+    python benchmarks/anomaly_benchmark.py --jobs 2 --work WORK --dev --prepare-only
+    python benchmarks/anomaly_mask_growth.py --work WORK --model src/neurocast/weights/anomaly-demo
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import anomaly_benchmark as B  # noqa: E402
+from anomaly_normative_dev import residual_maps  # noqa: E402
+
+GROW_QUANTILES = (None, 0.95, 0.97, 0.98, 0.99, 0.995)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neurocast.anomaly import AnomalyDetector
+
+    args = B.cache_script_args(__doc__, argv, "anomaly_mask_growth.json")
+    work = args.work / "full"
+    dev, refs = residual_maps(work, args.model, args.threads)
+
+    def load(key: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        with np.load(work / "maps" / f"{key}.npz") as z:
+            rmap, region = z["rmap"], z["region"].astype(bool)
+        return rmap, region, B.load_scan(work / "scans" / f"{key}.npz")[0].iqms
+
+    ref_data = [load(k) for k in refs]
+    groups = [k.split("_ses-")[0] for k in refs]  # calib_sub-001, or the IXI scan itself
+    dev = dev[~dev["motion"]]
+    tumours = dev[dev["tumour_present"].astype(bool)]
+    healthy = dev[~dev["tumour_present"].astype(bool)]
+    det = AnomalyDetector.load(args.model)
+    vml = det.grid_.voxel_volume_mm3 / 1000.0
+    rows, summary = [], []
+    for q in GROW_QUANTILES:
+        det.grow_quantile = q
+        maps, regions, iqms = zip(*ref_data, strict=True)
+        cal = det.calibrate_residuals(
+            list(maps), list(regions), list(iqms), groups=groups
+        ).calibration_
+        dice = []
+        for r in tumours.itertuples():
+            mask = det.mask_of(det.judge_residual(*load(r.key)).anomaly_map)
+            truth = np.asarray(nib.load(r.tumour_truth).dataobj) > 0
+            d = 2 * float((mask & truth).sum()) / max(float(mask.sum() + truth.sum()), 1.0)
+            dice.append(d)
+            rows.append(
+                {"grow_quantile": q, "key": r.key, "tumour_ml": float(truth.sum() * vml), "dice": d}
+            )
+        flagged = [
+            float(det.mask_of(det.judge_residual(*load(k)).anomaly_map).sum() * vml)
+            for k in healthy["key"]
+        ]
+        summary.append({
+            "grow_quantile": q, "grow_threshold": cal.grow_threshold, "voxel_threshold": cal.voxel_threshold,
+            "tumour_dice_mean": float(np.mean(dice)), "healthy_mask_ml_mean": float(np.mean(flagged)),
+            "n_tumour_visits": len(dice), "n_healthy_visits": len(flagged),
+        })  # fmt: skip
+        print(json.dumps(summary[-1]), flush=True)
+    print(pd.DataFrame(summary).to_string(index=False))
+    args.out.write_text(
+        json.dumps({"model": str(args.model), "summary": summary, "per_visit": rows}, indent=1)
+        + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

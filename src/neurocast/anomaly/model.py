@@ -63,7 +63,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_args
 
@@ -125,43 +125,55 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class AnomalyResult:
-    """What :meth:`AnomalyDetector.score` returns for one scan.
+class ResidualJudgement:
+    """What :meth:`AnomalyDetector.judge_residual` returns: a scan's verdict from its residual map.
 
     Attributes:
-        anomaly_map: ``(X, Y, Z)`` float32 on ``grid``, zero outside the eroded brain mask: the
-            residual map standardised against the healthy references (healthy standard
-            deviations, :mod:`neurocast.anomaly.normative`), or, for a detector calibrated
-            without them, the residual map itself (normalised intensity units).
-        mask: ``(X, Y, Z)`` bool: the map above the calibrated voxel threshold, clusters smaller
-            than the detector's ``min_component_mm3`` removed.
-        reconstruction: the pseudo-healthy image (mean over noise levels), on ``grid``.
-        grid: the working grid.
+        anomaly_map: ``(X, Y, Z)`` float32 on the detector's grid, zero outside the eroded brain
+            mask: the residual map standardised against the healthy references (healthy
+            standard deviations, :mod:`neurocast.anomaly.normative`), or, for a detector
+            calibrated without them, the residual map itself (normalised intensity units).
+        components: supra-threshold clusters, largest mass first.
+        features: the artefact features.
         lesion_score, artefact_score: the two scores (see :mod:`neurocast.anomaly.scores`).
         flag: ``pass``, ``review-lesion`` or ``review-artefact``.
         percentile: percentile of the deciding score among the healthy references (%).
         lesion_percentile, artefact_percentile: both percentiles.
-        features: the artefact features; ``feature_z`` their robust z-scores.
-        components: supra-threshold clusters, largest mass first.
-        iqms: the scan's MRIQC metrics (``None`` if not computed).
-        used_prior: whether an earlier scan conditioned the reconstruction.
-        native_map: the anomaly map resampled to the scan's native grid (``None`` without one).
-        seconds: time spent (reconstruction and scoring).
     """
 
     anomaly_map: np.ndarray
-    mask: np.ndarray
-    reconstruction: np.ndarray
-    grid: Grid
+    components: list[Component]
+    features: dict[str, float]
     lesion_score: float
     artefact_score: float
     flag: str
     percentile: float
     lesion_percentile: float
     artefact_percentile: float
-    features: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class AnomalyResult(ResidualJudgement):
+    """What :meth:`AnomalyDetector.score` returns for one scan: its :class:`ResidualJudgement`
+    and more.
+
+    Attributes:
+        mask: ``(X, Y, Z)`` bool: the clusters of the map above the calibrated voxel threshold
+            (smaller ones than the detector's ``min_component_mm3`` removed), grown into the
+            connected voxels above the grow threshold (:meth:`AnomalyDetector.mask_of`).
+        reconstruction: the pseudo-healthy image (mean over noise levels), on ``grid``.
+        grid: the working grid.
+        feature_z: the artefact features' robust z-scores.
+        iqms: the scan's MRIQC metrics (``None`` if not computed).
+        used_prior: whether an earlier scan conditioned the reconstruction.
+        native_map: the anomaly map resampled to the scan's native grid (``None`` without one).
+        seconds: time spent (reconstruction and scoring).
+    """
+
+    mask: np.ndarray
+    reconstruction: np.ndarray
+    grid: Grid
     feature_z: dict[str, float] = field(default_factory=dict)
-    components: list[Component] = field(default_factory=list)
     iqms: IQMResult | None = None
     used_prior: bool = False
     native_map: nib.Nifti1Image | None = None
@@ -199,29 +211,6 @@ class AnomalyResult:
             "clusters": [c.to_dict() for c in self.components[:5]],
             "iqms": self.iqms.to_dict() if self.iqms is not None else None,
         }
-
-
-@dataclass
-class ResidualJudgement:
-    """What :meth:`AnomalyDetector.judge_residual` returns: a scan's verdict from its residual map.
-
-    Attributes:
-        anomaly_map: the standardised map (see :class:`AnomalyResult`).
-        components: supra-threshold clusters, largest mass first.
-        features: the artefact features.
-        lesion_score, artefact_score, flag, percentile, lesion_percentile, artefact_percentile:
-            as in :class:`AnomalyResult`.
-    """
-
-    anomaly_map: np.ndarray
-    components: list[Component]
-    features: dict[str, float]
-    lesion_score: float
-    artefact_score: float
-    flag: str
-    percentile: float
-    lesion_percentile: float
-    artefact_percentile: float
 
 
 def _grid_to_json(grid: Grid) -> dict[str, Any]:
@@ -682,19 +671,11 @@ class AnomalyDetector:
         amap = judged.anomaly_map
         native = native_map(amap, scan) if scan.has_native else None
         return AnomalyResult(
-            anomaly_map=amap,
+            **{f.name: getattr(judged, f.name) for f in fields(ResidualJudgement)},
             mask=self.mask_of(amap),
             reconstruction=recon,
             grid=scan.grid,
-            lesion_score=judged.lesion_score,
-            artefact_score=judged.artefact_score,
-            flag=judged.flag,
-            percentile=judged.percentile,
-            lesion_percentile=judged.lesion_percentile,
-            artefact_percentile=judged.artefact_percentile,
-            features=judged.features,
             feature_z=feature_zscores(judged.features, cal.feature_reference),
-            components=judged.components,
             iqms=scan.iqms,
             used_prior=bool(use_prior and scan.has_prior),
             native_map=native,

@@ -285,6 +285,21 @@ def auroc(pos: list[float], neg: list[float]) -> float:
     return float(roc_auc_score([1] * len(pos) + [0] * len(neg), pos + neg))
 
 
+def visit_group(tumour_present: Any, artefact: Any, severity: Any) -> str | None:
+    """``tumour``, ``motion_<severity>`` or ``healthy``; ``None`` for a visit with both a tumour
+    and motion (left out of the per-kind figures)."""
+    motion = str(artefact) == "motion"
+    if tumour_present and motion:
+        return None
+    return "tumour" if tumour_present else f"motion_{severity}" if motion else "healthy"
+
+
+def caught(group: str, flag: str) -> bool:
+    """Whether a visit of ``group`` counts as flagged: a motion visit when flagged
+    ``review-artefact``, any other when flagged at all."""
+    return flag == "review-artefact" if group.startswith("motion") else flag != "pass"
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     s = a.sum() + b.sum()

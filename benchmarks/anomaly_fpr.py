@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import anomaly_benchmark as B  # noqa: E402
-from anomaly_normative_dev import residual_maps  # noqa: E402
+from anomaly_normative_dev import load_residual, residual_maps  # noqa: E402
 
 POOL = ("calib", "healthy2", "dev", "lrtrain", "healthy3")
 """The cohorts whose healthy visits are pooled (never training data, never the test cohort);
@@ -75,7 +75,6 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pandas as pd
     import torch
 
     from neurocast.anomaly import AnomalyDetector
@@ -89,31 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         B.healthy_cohort(
             work, "healthy3", args.more_healthy, MORE_HEALTHY_SEED, args.threads, args.jobs
         )
-    cohorts = [c for c in POOL[1:] if (work / "cohorts" / c).is_dir()]
+    cohorts = [c for c in POOL if (work / "cohorts" / c).is_dir()]
     table, _refs = residual_maps(work, args.model, args.threads, scored=(*cohorts, "test"))
-    calib = B.simulate(work, "calib", 0, 0, 2.0, (2, 3))
-    calib["key"] = [
-        f"calib_{p}_{s}" for p, s in zip(calib["participant_id"], calib["session_id"], strict=True)
-    ]
-    calib["motion"] = calib["artefact"].astype(str) == "motion"
-    calib["cohort"] = "calib"
     table["cohort"] = [k.split("_sub-")[0] for k in table["key"]]
-    table = pd.concat([calib, table], ignore_index=True)
-    table = table[[(work / "maps" / f"{k}.npz").is_file() for k in table["key"]]]
     healthy = table[~(table["tumour_present"].astype(bool) | table["motion"])]
     pool = healthy[healthy["cohort"].isin(POOL)].reset_index(drop=True)
     test = table[table["cohort"] == "test"].reset_index(drop=True)
     pool["participant"] = pool["cohort"] + "_" + pool["participant_id"]
 
-    def load(key: str) -> tuple[np.ndarray, np.ndarray, Any]:
-        z = np.load(work / "maps" / f"{key}.npz")
-        return (
-            z["rmap"],
-            z["region"].astype(bool),
-            B.load_scan(work / "scans" / f"{key}.npz")[0].iqms,
-        )
-
-    data = {k: load(k) for k in (*pool["key"], *test["key"])}
+    data = {k: load_residual(work, k) for k in (*pool["key"], *test["key"])}
     print(f"{len(pool)} pooled healthy visits of {pool['participant'].nunique()} participants; "
           f"{len(test)} test visits; maps loaded in {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
 
@@ -175,26 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     # the whole pool as references, the test cohort scored once
     det = AnomalyDetector.load(args.model)
     cal = calibrate(det, list(pool["key"]), list(pool["participant"])).calibration_
-    groups = {}
+    groups: dict[str, list[str]] = {}
     for r in test.itertuples():
-        if r.tumour_present and r.motion:
-            continue  # both: left out of the per-kind figures, as in the benchmark
-        kind = (
-            "tumour"
-            if r.tumour_present
-            else f"motion_{r.artefact_severity}"
-            if r.motion
-            else "healthy"
-        )
-        groups.setdefault(kind, []).append(det.judge_residual(*data[r.key]).flag)
+        kind = B.visit_group(r.tumour_present, r.artefact, r.artefact_severity)
+        if kind is not None:  # both a tumour and motion: left out, as in the benchmark
+            groups.setdefault(kind, []).append(det.judge_residual(*data[r.key]).flag)
     test_out: dict[str, Any] = {"n_references": cal.n_references,
                                 "thresholds": {"lesion": cal.lesion_threshold, "artefact": cal.artefact_threshold}}  # fmt: skip
     for kind, f in sorted(groups.items()):
-        hit = (
-            [x == "review-artefact" for x in f]
-            if kind.startswith("motion")
-            else [x != "pass" for x in f]
-        )
+        hit = [B.caught(kind, x) for x in f]
         test_out[kind] = f"{sum(hit)}/{len(f)}"
         if kind == "healthy":
             test_out["healthy_ci95"] = clopper_pearson(sum(hit), len(f))

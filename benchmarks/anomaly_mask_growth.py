@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -32,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import anomaly_benchmark as B  # noqa: E402
-from anomaly_normative_dev import residual_maps  # noqa: E402
+from anomaly_normative_dev import load_residual, residual_maps  # noqa: E402
 
 GROW_QUANTILES = (None, 0.95, 0.97, 0.98, 0.99, 0.995)
 
@@ -44,12 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work / "full"
     dev, refs = residual_maps(work, args.model, args.threads)
 
-    def load(key: str) -> tuple[np.ndarray, np.ndarray, Any]:
-        with np.load(work / "maps" / f"{key}.npz") as z:
-            rmap, region = z["rmap"], z["region"].astype(bool)
-        return rmap, region, B.load_scan(work / "scans" / f"{key}.npz")[0].iqms
-
-    ref_data = [load(k) for k in refs]
+    ref_data = [load_residual(work, k) for k in refs]
     groups = [k.split("_ses-")[0] for k in refs]  # calib_sub-001, or the IXI scan itself
     dev = dev[~dev["motion"]]
     tumours = dev[dev["tumour_present"].astype(bool)]
@@ -65,15 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         ).calibration_
         dice = []
         for r in tumours.itertuples():
-            mask = det.mask_of(det.judge_residual(*load(r.key)).anomaly_map)
+            mask = det.mask_of(det.judge_residual(*load_residual(work, r.key)).anomaly_map)
             truth = np.asarray(nib.load(r.tumour_truth).dataobj) > 0
-            d = 2 * float((mask & truth).sum()) / max(float(mask.sum() + truth.sum()), 1.0)
+            d = B.dice(mask, truth)
             dice.append(d)
             rows.append(
                 {"grow_quantile": q, "key": r.key, "tumour_ml": float(truth.sum() * vml), "dice": d}
             )
         flagged = [
-            float(det.mask_of(det.judge_residual(*load(k)).anomaly_map).sum() * vml)
+            float(det.mask_of(det.judge_residual(*load_residual(work, k)).anomaly_map).sum() * vml)
             for k in healthy["key"]
         ]
         summary.append({

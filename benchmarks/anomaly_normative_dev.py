@@ -96,6 +96,14 @@ def residual_maps(
     return pd.concat(tables[1:], ignore_index=True), refs
 
 
+def load_residual(work: Path, key: str) -> tuple[np.ndarray, np.ndarray, Any]:
+    """A cached visit's ``(residual map, region, IQMs)``: what
+    :meth:`neurocast.anomaly.AnomalyDetector.calibrate_residuals` and ``judge_residual`` take."""
+    with np.load(work / "maps" / f"{key}.npz") as z:
+        rmap, region = z["rmap"], z["region"].astype(bool)
+    return rmap, region, B.load_scan(work / "scans" / f"{key}.npz")[0].iqms
+
+
 def evaluate(maps: dict[str, dict[str, np.ndarray]], refs: list[str], dev: pd.DataFrame,
              kind: str, smoothing_mm: float, floor: float) -> dict[str, Any]:  # fmt: skip
     from sklearn.metrics import average_precision_score, roc_auc_score

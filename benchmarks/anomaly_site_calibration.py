@@ -96,12 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     groups: dict[str, str] = {}  # visit key -> group
     for cohort in ("test", "dev", "lrtrain"):
         for r in B.simulate(work, cohort, 0, 0, 2.0, (2, 3)).itertuples():
-            motion = str(r.artefact) == "motion"
-            if r.tumour_present and motion:
+            group = B.visit_group(r.tumour_present, r.artefact, r.artefact_severity)
+            if group is None or (cohort != "test" and group != "healthy"):
                 continue
-            if cohort != "test" and (r.tumour_present or motion):
-                continue
-            group = "tumour" if r.tumour_present else f"motion_{r.artefact_severity}" if motion else "healthy"
             groups[f"{cohort}_{r.participant_id}_{r.session_id}"] = f"{cohort}_{group}" if cohort != "test" else group
     groups.update(dict.fromkeys(more_held, "healthy2_healthy"))
     groups = {k: g for k, g in groups.items() if (work / "scans" / f"{k}.npz").is_file()}
@@ -127,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = {k: det.score(scan(k), use_prior=False).flag for k in groups}
         for group in sorted(set(groups.values())):
             f = [flags[k] for k, g in groups.items() if g == group]
-            hit = [x == "review-artefact" for x in f] if group.startswith("motion") else [x != "pass" for x in f]
+            hit = [B.caught(group, x) for x in f]
             out[f"{group}_flagged"] = f"{sum(hit)}/{len(f)}"
             if group.startswith("motion"):
                 out[f"{group}_flagged_any"] = f"{sum(x != 'pass' for x in f)}/{len(f)}"

@@ -13,7 +13,8 @@ What it does (every stage caches its output under ``--work``, so a rerun only re
    times (``tumor_progression``; its header's 1 mm voxel size is a placeholder, we use
    ``--tumour-voxel-mm``, an estimate from head size: 0.82 x 0.82 x 6 mm).
 3. **Train** :class:`neurocast.anomaly.AnomalyDetector` on the healthy ``train`` visits (later
-   visits with the earlier one as prior) and the training IXI scans; **calibrate** on ``calib``
+   visits with the earlier one as prior; ``--more-train N`` adds N healthy subjects as cohort
+   ``train2``) and the training IXI scans; **calibrate** on ``calib``
    and the calibration IXI scans at ``--fpr`` (5 %).
 4. **Score** the test visits in time order per subject; the prior of a visit is the latest
    earlier visit of the subject that was flagged ``pass`` (as ``neurocast qa`` does). Also without
@@ -70,6 +71,8 @@ REAL_HEALTHY_HELDOUT = {
     "IXI034-HH-1260-T1": "ixi/IXI034-HH-1260-T1_ds.nii.gz",
     "chris_t1": "chris_t1/chris_t1.nii.gz",
 }
+
+TRAIN_COHORTS = ("train", "train2")  # train2: the ``--more-train`` subjects
 
 SIZES = {
     "quick": dict(
@@ -347,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--export-training", type=Path, default=None, metavar="BUNDLE",
                     help="preprocess the training scans, write them as a bundle for "
                          "anomaly_train.py (e.g. on a GPU machine) and stop")
+    ap.add_argument("--more-train", type=int, default=0, metavar="N",
+                    help="simulate N more healthy training subjects (cohort ``train2``, seed "
+                         "+808) whose visits join the training scans (and the bundle)")
     ap.add_argument("--prepare-only", action="store_true",
                     help="simulate and preprocess every scan into the cache, then stop")
     ap.add_argument("--dev", action="store_true",
@@ -386,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
     motion = dict(artefact_types={"motion": 1.0},
                   artefact_severities={"mild": 1 / 3, "moderate": 1 / 3, "severe": 1 / 3})  # fmt: skip
     train_cohort = simulate(work, "train", size["train"], args.seed + 101, size["grid"], size["visits"], **healthy)
+    if args.more_train:
+        train_cohort = pd.concat([train_cohort, simulate(
+            work, "train2", args.more_train, args.seed + 808, size["grid"], size["visits"], **healthy
+        )], ignore_index=True)  # fmt: skip
     cohorts = train_cohort if args.export_training else pd.concat([
         train_cohort,
         simulate(work, "calib", size["calib"], args.seed + 202, size["grid"], size["visits"], **healthy),
@@ -401,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. preprocessing (only what training needs when exporting the training bundle)
     cohorts["key"] = [f"{r.cohort}_{r.participant_id}_{r.session_id}" for r in cohorts.itertuples()]
     if args.export_training:
-        cohorts = cohorts[cohorts["cohort"] == "train"].reset_index(drop=True)
+        cohorts = cohorts[cohorts["cohort"].isin(TRAIN_COHORTS)].reset_index(drop=True)
     jobs: dict[str, Any] = dict(zip(cohorts["key"], cohorts["path"], strict=True))
     real_keys: dict[str, str] = {}
     if not args.no_real:
@@ -431,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         """The table's scans in time order, each with its previous scan as prior; ``participants``
         (if given) receives each returned scan's participant."""
         out = []
-        for pid, g in table.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
+        # by cohort too: the cohorts reuse participant labels (train and train2 both have sub-001)
+        by_subject = table.sort_values(["participant_id", "visit_index"]).groupby(["cohort", "participant_id"])
+        for (_, pid), g in by_subject:
             prev = None
             for key in g["key"]:
                 if not scans[key].qc.get("passed", True):  # never train or calibrate on a failure
@@ -452,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.inference_steps:
         kw["num_inference_steps"] = args.inference_steps
     kw["grow_quantile"] = args.grow_quantile if args.grow_quantile > 0 else None
-    train_scans = with_priors(cohorts[cohorts["cohort"] == "train"]) + [real[n] for n in IXI_TRAIN if n in real]
+    train_scans = with_priors(cohorts[cohorts["cohort"].isin(TRAIN_COHORTS)]) + [real[n] for n in IXI_TRAIN if n in real]
     calib_groups: list[str] = []  # each reference is scored against the other participants'
     calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"], calib_groups) + [real[n] for n in IXI_CALIB if n in real]
     calib_groups += [n for n in IXI_CALIB if n in real]

@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     cohorts = [c for c in POOL if (work / "cohorts" / c).is_dir()]
     table, _refs = residual_maps(work, args.model, args.threads, scored=(*cohorts, "test"))
-    table["cohort"] = [k.split("_sub-")[0] for k in table["key"]]
     healthy = table[~(table["tumour_present"].astype(bool) | table["motion"])]
     pool = healthy[healthy["cohort"].isin(POOL)].reset_index(drop=True)
     test = table[table["cohort"] == "test"].reset_index(drop=True)

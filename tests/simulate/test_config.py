@@ -66,3 +66,21 @@ def test_refuses_a_folder_that_is_not_a_simulation(tmp_path):
     with pytest.raises(OutputError, match="not empty"):
         simulate_cohort(tmp_path, 1, seed=0, progress=False)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_largest_simulated_head_passes_the_preprocessing_mask_check():
+    # A skull-stripped head's estimated mask measured up to 7 % above its true intracranial
+    # volume (40 simulated heads); the simulator's largest head must still pass the QC.
+    import numpy as np
+
+    from neurocast.registration.preprocess import MASK_VOLUME_RANGE_ML
+    from neurocast.registration.template import load_template
+
+    mask = load_template("brain_mask", 2)
+    voxel_ml = abs(np.linalg.det(mask.affine[:3, :3])) / 1000.0
+    template_ml = float((np.asarray(mask.dataobj) > 0).sum() * voxel_ml)
+    lo_ratio, hi_ratio = SimulationConfig().head_volume_ratio_range
+    lo, hi = MASK_VOLUME_RANGE_ML
+    assert 1800 < template_ml < 1950, template_ml
+    assert hi_ratio * template_ml * 1.07 < hi
+    assert lo < lo_ratio * template_ml * 0.93

@@ -170,7 +170,8 @@ class SimulationConfig:
     head_volume_ratio_range: tuple[float, float] = (0.62, 1.14)
     """Range of the head's volume relative to the template (1883 ml brain mask): draws outside are
     scaled back to it (uniformly on all axes), keeping intracranial volumes within the adult range
-    ~1170 to ~2150 ml that preprocessing's QC accepts."""
+    ~1170 to ~2150 ml (preprocessing's QC accepts brain masks up to
+    :data:`neurocast.registration.preprocess.MASK_VOLUME_RANGE_ML`, ~10 % above this range)."""
     shape_variation_mm: float = 2.0
     """RMS of the random smooth anatomical deformation (mm)."""
     shape_correlation_mm: float = 20.0

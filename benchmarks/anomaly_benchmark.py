@@ -362,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--residual-map", action="store_true",
                     help="calibrate and score on the residual map, without the voxel-wise "
                          "standardisation against the references (the detector before 2026-12-06)")
+    ap.add_argument("--level-scaling", choices=("model", "on", "off"), default="model",
+                    help="the detector's level_scaling: as the model card says (default), or "
+                         "forced on or off; on and off tag the results file (-levels, -nolevels)")
     ap.add_argument("--model", type=Path, default=None,
                     help="use this trained model folder (e.g. from anomaly_train.py) instead of "
                          "training one; it is calibrated here")
@@ -457,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. train and calibrate
     tag = (f"-{args.model.name}" if args.model is not None else "") + ("-residual" if args.residual_map else "")
+    tag += {"model": "", "on": "-levels", "off": "-nolevels"}[args.level_scaling]
     model_dir = work / f"model{tag}"
     kw = {}
     if args.noise_levels:
@@ -464,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.inference_steps:
         kw["num_inference_steps"] = args.inference_steps
     kw["grow_quantile"] = args.grow_quantile if args.grow_quantile > 0 else None
+    if args.level_scaling != "model":
+        kw["level_scaling"] = args.level_scaling == "on"
     train_scans = with_priors(cohorts[cohorts["cohort"].isin(TRAIN_COHORTS)]) + [real[n] for n in IXI_TRAIN if n in real]
     calib_groups: list[str] = []  # each reference is scored against the other participants'
     calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"], calib_groups) + [real[n] for n in IXI_CALIB if n in real]

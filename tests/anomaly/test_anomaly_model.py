@@ -193,7 +193,8 @@ def test_calibration_standardises_the_map_and_the_model_folder_keeps_the_referen
     scan = make_scan(15, blob=True)
     rmap, _, _ = det.residual_map(scan)
     res = det.score(scan)
-    assert np.array_equal(res.anomaly_map, det.normative_.transform(rmap, det.region(scan)))
+    assert res.level_scale >= 1.0  # the residual is divided by it (level_scaling) before standardising
+    assert np.array_equal(res.anomaly_map, det.normative_.transform(rmap / np.float32(res.level_scale), det.region(scan)))
     # the artefact features read the residual map, not the standardised one
     feats = artefact_features(rmap, det.region(scan), scan.iqms)
     assert res.features.keys() == feats.keys()
@@ -221,7 +222,7 @@ def test_without_normative_maps_the_map_is_the_residual(
     assert det.normative_ is None and det.calibration_.extra["map"] == "residual"
     scan = make_scan(16, blob=True)
     res = det.score(scan)
-    assert np.array_equal(res.anomaly_map, det.residual_map(scan)[0])
+    assert np.array_equal(res.anomaly_map, det.residual_map(scan)[0] / np.float32(res.level_scale))
     assert res.flag == "review-lesion" and res.mask[blob_centre]
     again = AnomalyDetector.load(det.save(tmp_path / "raw"))
     assert again.normative_ is None and not (tmp_path / "raw" / "extra.safetensors").exists()
@@ -293,3 +294,52 @@ def test_the_mask_is_the_lesion_clusters_grown_at_the_calibrated_lower_threshold
     assert np.array_equal(old.score(make_scan(22, blob=True)).mask, core)
     with pytest.raises(ValueError, match="grow_quantile"):
         AnomalyDetector(grow_quantile=0.9995)
+
+
+def test_level_scaling_leaves_a_scan_wide_raise_to_the_artefact_score(
+    tiny_detector, make_scan, blob_centre, tmp_path
+) -> None:
+    """A residual raised everywhere beyond the references (another scanner) is not lesion
+    evidence; a local blob still is, though in these tiny volumes it is a large share of the brain
+    and raises the scan's level too."""
+    from neurocast.anomaly.scores import level_scale
+
+    det = AnomalyDetector.load(tiny_detector.save(tmp_path / "model"))
+    det.level_scaling = True
+    refs = [make_scan(100 + i) for i in range(6)]
+    rmaps = [det.residual_map(s)[0] for s in refs]
+    regions = [det.region(s) for s in refs]
+    cal = det.calibrate_residuals(rmaps, regions, [s.iqms for s in refs]).calibration_
+    levels = [float(np.median(m[r])) for m, r in zip(rmaps, regions, strict=True)]
+    assert cal.residual_level == pytest.approx(max(levels))
+
+    scan = make_scan(31)
+    rmap, region = det.residual_map(scan)[0], det.region(scan)
+    plain = det.judge_residual(rmap, region)
+    raised = det.judge_residual(rmap * 3.0, region)
+    assert raised.level_scale == pytest.approx(level_scale(3.0 * float(np.median(rmap[region])), cal.residual_level))
+    assert raised.level_scale > 1.5 and plain.level_scale < 1.2
+    assert raised.lesion_score <= plain.lesion_score + 1e-6  # the raise adds no lesion evidence
+    assert raised.artefact_score > plain.artefact_score  # it is the artefact score's to see
+    det.level_scaling = False
+    assert det.judge_residual(rmap * 3.0, region).lesion_score > raised.lesion_score
+    det.level_scaling = True
+
+    blob = make_scan(32, blob=True)
+    res = det.judge_residual(det.residual_map(blob)[0], det.region(blob))
+    assert res.flag == "review-lesion" and res.level_scale < raised.level_scale
+    assert det.mask_of(res.anomaly_map)[blob_centre]
+
+    again = AnomalyDetector.load(det.save(tmp_path / "scaled"))
+    assert again.level_scaling and again.calibration_.residual_level == cal.residual_level
+    assert again.judge_residual(rmap * 3.0, region).lesion_score == raised.lesion_score
+    # a model card from before the scaling: none until it is calibrated again
+    card = json.loads((tmp_path / "scaled" / "model_card.json").read_text())
+    del card["extra"]["anomaly"]["params"]["level_scaling"]
+    del card["extra"]["anomaly"]["calibration"]["residual_level"]
+    (tmp_path / "scaled" / "model_card.json").write_text(json.dumps(card))
+    old = AnomalyDetector.load(tmp_path / "scaled")
+    assert not old.level_scaling and old.calibration_.residual_level is None
+    assert old.judge_residual(rmap * 3.0, region).level_scale == 1.0
+    assert AnomalyDetector().level_scaling  # on by default
+    assert level_scale(float("nan"), 0.1) == level_scale(0.2, 0.0) == 1.0

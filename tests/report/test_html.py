@@ -191,3 +191,14 @@ def test_pages_render_in_headless_chromium(full_output: Path, tmp_path: Path) ->
         assert shot.is_file() and shot.stat().st_size > 10_000, run.stderr[-2000:]
         console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
         assert not console, console  # the page logged nothing (no script errors)
+
+
+def test_qa_scores_show_when_the_residual_was_scaled_down():
+    from neurocast.report.html import _qa_fields
+
+    rec = {"row": {"flag": "review-artefact", "percentile": 100.0},
+           "result": {"lesion_score": 621.2, "artefact_score": 2.66, "level_scale": 1.44}}  # fmt: skip
+    fields = _qa_fields(rec)
+    assert fields["flag"] == "review-artefact"
+    assert ("level_scale", 1.44) in fields["scores"]
+    assert [k for k, _ in fields["scores"]][:2] == ["lesion_score", "artefact_score"]

@@ -106,6 +106,9 @@ class Calibration:
         voxel_quantile: the quantile of healthy map values that set ``voxel_threshold``.
         grow_threshold, grow_quantile: the map value (and its quantile) the mask's clusters are
             grown into (``NaN``: no growth, the mask is the clusters above ``voxel_threshold``).
+        residual_level: the highest diffuse residual level among the references (their largest
+            ``residual_median`` feature, normalised intensity units) that a scan's level is
+            divided by for the detector's ``level_scaling`` (``None``: no scaling).
         lesion_reference, artefact_reference: the reference scores, sorted.
         feature_reference: median and scale of each artefact feature over the references.
         n_references: number of reference scans.
@@ -125,6 +128,7 @@ class Calibration:
     extra: dict[str, Any] = field(default_factory=dict)
     grow_threshold: float = float("nan")
     grow_quantile: float = float("nan")
+    residual_level: float | None = None
 
     @property
     def at_reference_maximum(self) -> bool:
@@ -226,6 +230,7 @@ class Calibration:
             extra=dict(d.get("extra", {})),
             grow_threshold=num(d.get("grow_threshold")),
             grow_quantile=num(d.get("grow_quantile")),
+            residual_level=None if d.get("residual_level") is None else float(d["residual_level"]),
         )
 
 
@@ -250,6 +255,7 @@ def calibrate_scores(
     extra: Mapping[str, Any] | None = None,
     grow_threshold: float = float("nan"),
     grow_quantile: float = float("nan"),
+    residual_level: float | None = None,
 ) -> Calibration:
     """A :class:`Calibration` from the two scores of healthy reference scans.
 
@@ -260,6 +266,7 @@ def calibrate_scores(
             (recorded; see :func:`voxel_threshold_from_maps`).
         grow_threshold, grow_quantile: the lower threshold the mask's clusters grow into, and
             its quantile (recorded; ``NaN``: no growth).
+        residual_level: the references' highest diffuse residual level (``None``: no scaling).
         feature_reference: the artefact features' reference statistics.
         extra: more JSON to keep.
     """
@@ -282,6 +289,7 @@ def calibrate_scores(
         extra=dict(extra or {}),
         grow_threshold=float(grow_threshold),
         grow_quantile=float(grow_quantile),
+        residual_level=None if residual_level is None else float(residual_level),
     )
 
 

@@ -11,9 +11,11 @@
    participants' references only; :meth:`~AnomalyDetector.calibrate_residuals` does the same
    from residual maps already computed;
 3. :meth:`~AnomalyDetector.score` reconstructs a scan from partially noised copies, turns the
-   residual into a residual map (:mod:`neurocast.anomaly.maps`), standardises it voxel by voxel
-   against the healthy references of the calibration into the anomaly map
-   (:mod:`neurocast.anomaly.normative`), scores it
+   residual into a residual map (:mod:`neurocast.anomaly.maps`), divides it by how far its
+   median stands above the highest of the healthy references' (``level_scaling``; 1 for scans
+   within their range: a scan-wide raise is the artefact score's evidence, not a lesion's),
+   standardises it voxel by voxel against the healthy references of the calibration into the
+   anomaly map (:mod:`neurocast.anomaly.normative`), scores it
    (:mod:`neurocast.anomaly.scores`) and flags it (:meth:`~AnomalyDetector.judge_residual` from
    a residual map already computed); the map is also brought back to the scan's native grid;
 4. :meth:`~AnomalyDetector.save` / :meth:`~AnomalyDetector.load`: a backbone checkpoint folder
@@ -84,6 +86,7 @@ from neurocast.anomaly.scores import (
     feature_zscores,
     leave_one_out_artefact_scores,
     lesion_score,
+    level_scale,
     reference_statistics,
     summarise,
 )
@@ -117,7 +120,7 @@ _PARAMS = (
     "channels", "num_res_blocks", "noise_levels", "num_inference_steps", "n_steps", "batch_size",
     "lr", "warmup_steps", "prior_drop_prob", "min_brain_fraction", "erosion_mm", "median_size",
     "min_component_mm3", "voxel_quantile", "grow_quantile", "fpr", "inference_batch_size", "inference_dtype", "seed",
-    "mixed_precision", "normative", "normative_smoothing_mm", "normative_floor",
+    "mixed_precision", "normative", "normative_smoothing_mm", "normative_floor", "level_scaling",
 )  # fmt: skip
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -139,6 +142,8 @@ class ResidualJudgement:
         flag: ``pass``, ``review-lesion`` or ``review-artefact``.
         percentile: percentile of the deciding score among the healthy references (%).
         lesion_percentile, artefact_percentile: both percentiles.
+        level_scale: the factor the residual map was divided by before standardisation
+            (:func:`~neurocast.anomaly.scores.level_scale`; 1 without ``level_scaling``).
     """
 
     anomaly_map: np.ndarray
@@ -150,6 +155,7 @@ class ResidualJudgement:
     percentile: float
     lesion_percentile: float
     artefact_percentile: float
+    level_scale: float
 
 
 @dataclass
@@ -205,6 +211,7 @@ class AnomalyResult(ResidualJudgement):
             "artefact_score": num(self.artefact_score),
             "artefact_percentile": num(self.artefact_percentile),
             "anomaly_volume_mm3": float(self.mask.sum() * self.grid.voxel_volume_mm3),
+            "level_scale": num(self.level_scale),
             "used_prior": self.used_prior,
             "artefact_features": summarise(self.features),
             "artefact_feature_z": summarise(self.feature_z),
@@ -242,6 +249,13 @@ class AnomalyDetector:
             residual map, in normalised intensity units.
         normative_smoothing_mm, normative_floor: the references' smoothing (mm) and the ``sd``
             floor (fraction of its median), see :class:`~neurocast.anomaly.normative.NormativeMaps`.
+        level_scaling: divide each residual map by how far the scan's diffuse residual level
+            (median over the region) stands above the highest level among the healthy
+            references (:func:`~neurocast.anomaly.scores.level_scale`, never below 1) before the
+            map is standardised and the lesion evidence read, so that a scan-wide raise beyond
+            anything healthy (another scanner, motion) is left to the artefact score and not
+            read as a lesion. References are scaled the same way at calibration, each against
+            the other groups' highest level.
         min_component_mm3: clusters smaller than this are removed from masks and scores.
         voxel_quantile: quantile of healthy map values that sets the voxel threshold.
         grow_quantile: quantile of healthy map values the mask's clusters grow into
@@ -290,6 +304,7 @@ class AnomalyDetector:
         normative: bool = True,
         normative_smoothing_mm: float = 2.0,
         normative_floor: float = 0.1,
+        level_scaling: bool = True,
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> None:
@@ -328,6 +343,7 @@ class AnomalyDetector:
         self.normative = bool(normative)
         self.normative_smoothing_mm = float(normative_smoothing_mm)
         self.normative_floor = float(normative_floor)
+        self.level_scaling = bool(level_scaling)
         self.device = device
         self.progress = bool(progress)
 
@@ -623,6 +639,13 @@ class AnomalyDetector:
         feats = [artefact_features(m, r, q) for m, r, q in zip(residual_maps, regions, iqms, strict=True)]
         self.normative_: NormativeMaps | None = None
         maps = list(residual_maps)
+        residual_level = None
+        if self.level_scaling:
+            levels = np.array([f["residual_median"] for f in feats], dtype=np.float64)
+            residual_level = float(np.nanmax(levels))
+            labels = list(range(n)) if groups is None else list(groups)
+            others = [float(np.nanmax(levels[[lab != own for lab in labels]])) for own in labels]
+            maps = [m / np.float32(level_scale(lv, ref)) for m, lv, ref in zip(maps, levels, others, strict=True)]
         if self.normative:
             norm = NormativeMaps(self.normative_smoothing_mm, self.normative_floor)
             maps = norm.leave_one_out(maps, regions, self.grid_.spacing_mm, groups=groups)
@@ -641,6 +664,7 @@ class AnomalyDetector:
             voxel_quantile=self.voxel_quantile,
             grow_threshold=grow[0] if grow else float("nan"),
             grow_quantile=self.grow_quantile if grow else float("nan"),
+            residual_level=residual_level,
             feature_reference=reference_statistics(feats),
             extra={
                 "references": names,
@@ -706,11 +730,14 @@ class AnomalyDetector:
         cal = getattr(self, "calibration_", None)
         if cal is None:
             raise RuntimeError("this AnomalyDetector is not calibrated: call calibrate() first")
-        amap = self._standardised(residual_map, region)
+        feats = artefact_features(residual_map, region, iqms)  # the artefact features read the residual
+        scale = 1.0
+        if self.level_scaling and cal.residual_level is not None:
+            scale = level_scale(feats["residual_median"], cal.residual_level)
+        amap = self._standardised(residual_map / np.float32(scale), region)
         vv = self.grid_.voxel_volume_mm3
         comps = components(amap, cal.voxel_threshold, min_voxels=self._min_voxels(), voxel_volume_mm3=vv)
         les = comps[0].mass if comps else 0.0
-        feats = artefact_features(residual_map, region, iqms)  # the artefact features read the residual
         art = artefact_score(feats, cal.feature_reference)
         verdict = cal.assess(les, art)
         return ResidualJudgement(
@@ -723,6 +750,7 @@ class AnomalyDetector:
             percentile=verdict["percentile"],
             lesion_percentile=verdict["lesion_percentile"],
             artefact_percentile=verdict["artefact_percentile"],
+            level_scale=float(scale),
         )
 
     # ------------------------------------------------------------------ save / load
@@ -793,6 +821,7 @@ class AnomalyDetector:
         if unknown:
             raise CheckpointError(f"{p}: unknown detector settings in the model card: {unknown}")
         params.setdefault("grow_quantile", None)  # cards from before mask growth: none
+        params.setdefault("level_scaling", False)  # nor level scaling
         det = cls(**params, device=device)
         det.model_ = load_backbone(p, device=device)
         det.config_ = det.model_.config

@@ -4,7 +4,10 @@
 above the calibrated voxel threshold (:func:`neurocast.anomaly.maps.components`): the sum of the
 map's excess over the threshold in that cluster, times the voxel volume (mm³ x intensity units).
 A tumour makes one strong compact cluster; healthy scans have at most small, weak ones. Clusters
-smaller than ``min_voxels`` do not count. 0 when there is no cluster.
+smaller than ``min_voxels`` do not count. 0 when there is no cluster. A scan whose residual is
+raised everywhere beyond every healthy reference (another scanner, motion) would raise its
+clusters too; the detector first divides such a map by :func:`level_scale`, so that the lesion
+score reads local excess only.
 
 **Artefact score** (:func:`artefact_score`): motion, ghosting and spikes spread over the whole
 image. The evidence, each oriented so that larger means worse (:func:`artefact_features`):
@@ -103,6 +106,28 @@ def lesion_score(
     """Mass of the largest supra-threshold cluster of the anomaly map (0 if there is none)."""
     comps = components(amap, voxel_threshold, min_voxels=min_voxels, voxel_volume_mm3=voxel_volume_mm3)
     return comps[0].mass if comps else 0.0
+
+
+def level_scale(level: float, reference_level: float) -> float:
+    """How far a scan's diffuse residual level stands above the healthy references' (>= 1).
+
+    ``max(1, level / reference_level)``: the factor the detector's ``level_scaling`` divides a
+    residual map by before the lesion evidence is read, so that the lesion score measures a
+    *local* excess and not a scan-wide raise beyond anything healthy (another scanner's sharper
+    anatomy, motion), which the artefact score reads. Never below 1: a scan within the
+    references' range is left as it is. 1 when either level is undefined.
+
+    Args:
+        level: the scan's ``residual_median`` feature (:func:`artefact_features`).
+        reference_level: the highest value of the same feature among the healthy references.
+
+    Example:
+        >>> level_scale(0.08, 0.04), level_scale(0.03, 0.04)
+        (2.0, 1.0)
+    """
+    if not (math.isfinite(level) and math.isfinite(reference_level)) or reference_level <= 0:
+        return 1.0
+    return max(1.0, float(level) / float(reference_level))
 
 
 def artefact_features(

@@ -447,9 +447,10 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 QA_SCORE_KEYS = (
     "lesion_score", "lesion_percentile", "artefact_score", "artefact_percentile",
-    "anomaly_volume_mm3", "n_clusters", "largest_cluster_mm3",
+    "anomaly_volume_mm3", "n_clusters", "largest_cluster_mm3", "level_scale",
 )  # fmt: skip
-"""Scores of a QA record shown first (as written by ``neurocast.anomaly.workflow``)."""
+"""Scores of a QA record shown first (as written by ``neurocast.anomaly.workflow``); ``level_scale``
+above 1 says the scan's residual was raised all over, beyond every healthy reference."""
 
 
 def _qa_fields(rec: dict[str, Any]) -> dict[str, Any]:

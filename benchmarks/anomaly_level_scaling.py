@@ -3,9 +3,10 @@
 The lesion score is meant to read a *local* excess of the residual (a compact cluster); a scan
 whose residual is raised everywhere (a noisier acquisition, another scanner's sharper anatomy,
 motion) also raises its clusters. ``AnomalyDetector(level_scaling=True)`` divides the residual
-map by how far the scan's median residual stands above the references' median
+map by how far the scan's median residual stands above the highest among the healthy references
 (:func:`neurocast.anomaly.scores.level_scale`, never below 1) before the map is standardised and
-the clusters read; the artefact score is unchanged. For each setting the shipped weights are
+the clusters read; the artefact score is unchanged. (A first version divided by the references'
+median level instead; its figures are in ``anomaly_level_scaling_median_tried.json``.) For each setting the shipped weights are
 calibrated on the benchmark's references (the ``calib`` cohort and the two calibration IXI adults,
 each scored against the other participants) and the ``dev`` cohort (the test cohort's settings at
 seed 505) and the shared real scans are scored from their cached residual maps:

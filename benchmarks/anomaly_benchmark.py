@@ -86,6 +86,25 @@ SIZES = {
 }  # fmt: skip
 
 
+LEVEL_SCALING_TAGS = {"model": "", "on": "-levels", "off": "-nolevels"}
+"""``--level-scaling`` choices and the tag each adds to a results file name."""
+
+
+def add_level_scaling_option(ap: argparse.ArgumentParser) -> None:
+    """``--level-scaling model|on|off``: the detector's ``level_scaling`` as its model card says,
+    or forced on or off."""
+    ap.add_argument("--level-scaling", choices=tuple(LEVEL_SCALING_TAGS), default="model",
+                    help="the detector's level_scaling: as the model card says (default), or "
+                         "forced on or off (results files tagged -levels / -nolevels)")  # fmt: skip
+
+
+def apply_level_scaling(det: Any, choice: str) -> Any:
+    """Set ``det.level_scaling`` from a ``--level-scaling`` choice (``model``: leave it)."""
+    if choice != "model":
+        det.level_scaling = choice == "on"
+    return det
+
+
 def cache_script_args(doc: str, argv: list[str] | None, out: str | None = None,
                       more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:  # fmt: skip
     """The command line of a script that reads this benchmark's cache: ``--work`` (required) and,
@@ -362,9 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--residual-map", action="store_true",
                     help="calibrate and score on the residual map, without the voxel-wise "
                          "standardisation against the references (the detector before 2026-12-06)")
-    ap.add_argument("--level-scaling", choices=("model", "on", "off"), default="model",
-                    help="the detector's level_scaling: as the model card says (default), or "
-                         "forced on or off; on and off tag the results file (-levels, -nolevels)")
+    add_level_scaling_option(ap)
     ap.add_argument("--model", type=Path, default=None,
                     help="use this trained model folder (e.g. from anomaly_train.py) instead of "
                          "training one; it is calibrated here")
@@ -460,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. train and calibrate
     tag = (f"-{args.model.name}" if args.model is not None else "") + ("-residual" if args.residual_map else "")
-    tag += {"model": "", "on": "-levels", "off": "-nolevels"}[args.level_scaling]
+    tag += LEVEL_SCALING_TAGS[args.level_scaling]
     model_dir = work / f"model{tag}"
     kw = {}
     if args.noise_levels:
@@ -469,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         kw["num_inference_steps"] = args.inference_steps
     kw["grow_quantile"] = args.grow_quantile if args.grow_quantile > 0 else None
     if args.level_scaling != "model":
-        kw["level_scaling"] = args.level_scaling == "on"
+        kw["level_scaling"] = args.level_scaling == "on"  # set on the loaded or new detector
     train_scans = with_priors(cohorts[cohorts["cohort"].isin(TRAIN_COHORTS)]) + [real[n] for n in IXI_TRAIN if n in real]
     calib_groups: list[str] = []  # each reference is scored against the other participants'
     calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"], calib_groups) + [real[n] for n in IXI_CALIB if n in real]

@@ -62,6 +62,7 @@ def _options(ap: Any) -> None:
     ap.add_argument("--more-healthy", type=int, default=0, metavar="N",
                     help="simulate and preprocess N more healthy subjects (cohort healthy3) into the pool")  # fmt: skip
     ap.add_argument("--jobs", type=int, default=2, help="preprocessing processes for healthy3")
+    B.add_level_scaling_option(ap)
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -81,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from neurocast.anomaly.calibration import calibrate_scores
 
     args = B.cache_script_args(__doc__, argv, "anomaly_fpr.json", more=_options)
+    if args.level_scaling != "model" and args.out == HERE / "anomaly_fpr.json":
+        args.out = HERE / f"anomaly_fpr{B.LEVEL_SCALING_TAGS[args.level_scaling]}.json"
     torch.set_num_threads(args.threads)
     work = args.work / "full"
     t0 = time.perf_counter()
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "folds": args.folds,
     }
     for mode in MODES:
-        det = AnomalyDetector.load(args.model)
+        det = B.apply_level_scaling(AnomalyDetector.load(args.model), args.level_scaling)
         flags: dict[float, list[str]] = {r: [] for r in RATES}
         by_score: dict[float, list[int]] = {r: [0, 0] for r in RATES}
         thresholds = []
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(mode, json.dumps({f"{r:g}": out[f"{r:g}"]["flagged"] for r in RATES}), flush=True)
 
     # the whole pool as references, the test cohort scored once
-    det = AnomalyDetector.load(args.model)
+    det = B.apply_level_scaling(AnomalyDetector.load(args.model), args.level_scaling)
     cal = calibrate(det, list(pool["key"]), list(pool["participant"])).calibration_
     groups: dict[str, list[str]] = {}
     for r in test.itertuples():
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     results["test_cohort_pool_calibrated"] = test_out
     print("test", json.dumps(test_out), flush=True)
     results["seconds"] = time.perf_counter() - t0
+    results["level_scaling"] = bool(det.level_scaling)
     args.out.write_text(json.dumps({"model": str(args.model), "results": results}, indent=1) + "\n")
     return 0
 

@@ -110,8 +110,8 @@ MASK_VOLUME_RANGE_ML = (800.0, 2400.0)
 """Accepted brain mask volume in ml (adult brains, tissue plus enclosed CSF). Adult intracranial
 volumes reach ~2150 ml; the mask of a skull-stripped input follows the stripping tool's own margin
 and measured 4-7 % above the true intracranial volume on simulated heads, so the upper bound
-leaves ~10 % over the largest adult head. A mask that leaks into the scalp is well above it (a
-whole head is 3500 ml or more)."""
+leaves ~10 % over the largest adult head. A mask that takes in the skull and scalp is far
+larger."""
 SCALE_RANGE = (0.67, 1.5)
 """Accepted scale factors (singular values) of the native-to-template affine."""
 MIN_FOV_COVERAGE = 0.85

@@ -485,8 +485,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.inference_steps:
         kw["num_inference_steps"] = args.inference_steps
     kw["grow_quantile"] = args.grow_quantile if args.grow_quantile > 0 else None
-    if args.level_scaling != "model":
-        kw["level_scaling"] = args.level_scaling == "on"  # set on the loaded or new detector
     train_scans = with_priors(cohorts[cohorts["cohort"].isin(TRAIN_COHORTS)]) + [real[n] for n in IXI_TRAIN if n in real]
     calib_groups: list[str] = []  # each reference is scored against the other participants'
     calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"], calib_groups) + [real[n] for n in IXI_CALIB if n in real]
@@ -518,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         det.save(model_dir)
         log(f"trained {steps} steps in {train_seconds:.0f} s; loss {det.history_[-1]['loss']:.4f}")
     det.normative = not args.residual_map
+    apply_level_scaling(det, args.level_scaling)
     det.calibrate(calib_scans, fpr=args.fpr, groups=calib_groups)
     _portable_card(det, work)
     det.save(model_dir)  # with its calibration: usable by `neurocast qa --model`

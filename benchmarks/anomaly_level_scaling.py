@@ -23,6 +23,11 @@ Run::
 
     python benchmarks/anomaly_benchmark.py --jobs 2 --work WORK --dev --prepare-only
     python benchmarks/anomaly_level_scaling.py --work WORK --model src/neurocast/weights/anomaly-demo
+
+``--draws N`` and ``--average residuals|reconstructions`` override the model card's
+reconstruction settings (:class:`neurocast.anomaly.AnomalyDetector`); give such a run its own
+``--work`` folder (one that links ``WORK/full/cohorts`` and ``WORK/full/scans`` and has an empty
+``full/maps``), since the residual maps are cached there.
 """
 
 from __future__ import annotations
@@ -102,10 +107,23 @@ def main(argv: list[str] | None = None) -> int:
 
     from neurocast.anomaly import AnomalyDetector
 
-    args = B.cache_script_args(__doc__, argv, "anomaly_level_scaling.json")
+    def reconstruction_options(ap: Any) -> None:
+        ap.add_argument(
+            "--draws",
+            type=int,
+            default=None,
+            help="noise draws per level (default: the model card's)",
+        )
+        ap.add_argument("--average", choices=("residuals", "reconstructions"), default=None,
+                        help="what is averaged over levels and draws (default: the model card's)")  # fmt: skip
+
+    args = B.cache_script_args(__doc__, argv, "anomaly_level_scaling.json", reconstruction_options)
+    settings = {k: v for k in ("draws", "average") if (v := getattr(args, k)) is not None}
     work = args.work / "full"
-    dev, refs = residual_maps(work, args.model, args.threads)
+    dev, refs = residual_maps(work, args.model, args.threads, settings=settings)
     det = AnomalyDetector.load(args.model)
+    for name, value in settings.items():
+        setattr(det, name, value)
     summary, per_visit = [], []
     for on in (False, True):
         det.level_scaling = on
@@ -125,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     print(pd.DataFrame(summary).drop(columns=[k for k in REAL if k in summary[0]]).T.to_string())
     args.out.write_text(
         json.dumps(
-            {"model": str(args.model), "summary": summary, "per_visit": per_visit},
+            {
+                "model": str(args.model),
+                "settings": settings,
+                "summary": summary,
+                "per_visit": per_visit,
+            },
             indent=1,
             default=float,
         )

@@ -46,16 +46,23 @@ VARIANTS: list[tuple[str, float, float]] = [
 
 
 def residual_maps(
-    work: Path, model: Path, threads: int, scored: tuple[str, ...] = ("dev",)
+    work: Path,
+    model: Path,
+    threads: int,
+    scored: tuple[str, ...] = ("dev",),
+    settings: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """Cache the residual maps of the references, the ``scored`` cohorts' visits and the real
-    scans; return the scored visits' table and the reference keys."""
+    scans; return the scored visits' table and the reference keys. ``settings`` overrides the
+    model card's detector settings (the cache in ``work/maps`` must then be the setting's own)."""
     import torch
 
     from neurocast.anomaly import AnomalyDetector
 
     torch.set_num_threads(threads)
     det = AnomalyDetector.load(model)
+    for name, value in (settings or {}).items():
+        setattr(det, name, value)
     out = work / "maps"
     out.mkdir(exist_ok=True)
 

@@ -115,6 +115,32 @@ def test_bfloat16_reconstruction_is_close_to_float32(tiny_detector, make_scan) -
         AnomalyDetector(inference_dtype="float16")
 
 
+def test_averaging_the_reconstructions_never_raises_the_residual(tiny_detector, make_scan) -> None:
+    det = tiny_detector
+    scan = make_scan(16, blob=True)
+    rec1, res1 = det.reconstruct(scan)
+    try:
+        det.draws = 2
+        rec2, res2 = det.reconstruct(scan)
+        det.average = "reconstructions"
+        rec2m, res2m = det.reconstruct(scan)
+        det.draws = 1
+        rec1m, res1m = det.reconstruct(scan)
+    finally:
+        det.draws, det.average = 1, "residuals"
+    # the first draw keeps its noise: one draw reconstructs as before draws existed
+    assert np.array_equal(rec1, rec1m) and np.array_equal(rec1, det.reconstruct(scan)[0])
+    assert not np.array_equal(rec1, rec2)  # a second draw brings new noise
+    assert np.array_equal(rec2, rec2m)  # averaging changes the residual, not the reconstruction
+    # |x - mean(x_hat)| <= mean |x - x_hat| voxel by voxel, and strictly less somewhere
+    assert np.all(res2m <= res2 + 1e-6) and res2m.sum() < res2.sum()
+    assert np.all(res1m <= res1 + 1e-6)
+    with pytest.raises(ValueError, match="draws"):
+        AnomalyDetector(draws=0)
+    with pytest.raises(ValueError, match="average"):
+        AnomalyDetector(average="median")
+
+
 def test_fine_tuning_starts_from_the_given_weights(tiny_detector, make_scan) -> None:
     kw = dict(channels=tiny_detector.channels, noise_levels=tiny_detector.noise_levels,
               batch_size=4, min_component_mm3=tiny_detector.min_component_mm3)  # fmt: skip

@@ -37,7 +37,11 @@ Gaussian noise), every brain slice is noised to ``t = L T`` and denoised with
 ``num_inference_steps`` DDIM steps (:func:`neurocast.backbone.reconstruct`, EMA weights, the
 prior as condition where given; the network runs in bfloat16 under ``torch.autocast``, see
 ``inference_dtype``); the residual is the mean over levels of ``|x - x_hat|``. Low
-levels keep fine anatomy, high levels remove large lesions; combining them covers both. The
+levels keep fine anatomy, high levels remove large lesions; combining them covers both.
+``draws`` repeats each level with fresh noise and ``average="reconstructions"`` takes
+``|x - mean(x_hat)|`` instead; neither is the default, because on the development cohort
+neither moved the tumour figures by more than one visit does (``BENCHMARKS.md``, session 22):
+what the healthy residual holds is the network's systematic error, not its noise. The
 default is one step per level (the v-prediction network's direct estimate of the clean slice):
 each network pass over a scan's ~70 slices at 2 mm costs seconds on 2 CPU cores, and in the
 quick benchmark run (``benchmarks/anomaly_benchmark.py --quick``, a short-trained model) the
@@ -121,8 +125,12 @@ _PARAMS = (
     "lr", "warmup_steps", "prior_drop_prob", "min_brain_fraction", "erosion_mm", "median_size",
     "min_component_mm3", "voxel_quantile", "grow_quantile", "fpr", "inference_batch_size", "inference_dtype", "seed",
     "mixed_precision", "normative", "normative_smoothing_mm", "normative_floor", "level_scaling",
+    "draws", "average",
 )  # fmt: skip
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_AVERAGES = ("residuals", "reconstructions")
+_DRAW_SEED_STRIDE = 7919
+"""Seed offset between noise draws (draw 0 uses ``seed + level index``, as before draws existed)."""
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +245,11 @@ class AnomalyDetector:
         noise_levels: partial-noising levels, fractions of the chain in (0, 1).
         num_inference_steps: DDIM steps per noise level (1 = direct prediction of the clean
             slice).
+        draws: independent noise draws per level (each one more network pass over the scan).
+        average: how the reconstructions of all levels and draws make the residual:
+            ``"residuals"`` (default) is the mean of ``|x - x_hat|``; ``"reconstructions"`` is
+            ``|x - mean(x_hat)|``, which cancels reconstruction noise of opposite signs (healthy
+            tissue) and keeps a residual all reconstructions agree on (a lesion).
         n_steps, batch_size, lr, warmup_steps: training (optimizer steps, slices per step, AdamW).
         mixed_precision: training precision, as :func:`neurocast.backbone.train`'s: ``"auto"``
             (bfloat16 or float16 on CUDA, float32 on CPU), ``"bf16"`` (also on CPU: about 2.7x
@@ -305,6 +318,8 @@ class AnomalyDetector:
         normative_smoothing_mm: float = 2.0,
         normative_floor: float = 0.1,
         level_scaling: bool = True,
+        draws: int = 1,
+        average: str = "residuals",
         device: str | torch.device | None = None,
         progress: bool = False,
     ) -> None:
@@ -344,6 +359,12 @@ class AnomalyDetector:
         self.normative_smoothing_mm = float(normative_smoothing_mm)
         self.normative_floor = float(normative_floor)
         self.level_scaling = bool(level_scaling)
+        if int(draws) < 1:
+            raise ValueError(f"draws must be at least 1, got {draws}")
+        self.draws = int(draws)
+        if average not in _AVERAGES:
+            raise ValueError(f"average must be one of {_AVERAGES}, got {average!r}")
+        self.average = str(average)
         self.device = device
         self.progress = bool(progress)
 
@@ -502,23 +523,26 @@ class AnomalyDetector:
         dev = next(self.model_.parameters()).device
         rec_sum = torch.zeros_like(x)
         res_sum = torch.zeros_like(x)
-        for i, level in enumerate(self.noise_levels):
-            r = reconstruct(
-                self.model_,
-                x.to(dev),
-                level,
-                condition=cond.to(dev),
-                covariates=covs,
-                num_inference_steps=self.num_inference_steps,
-                seed=self.seed + i,
-                batch_size=self.inference_batch_size,
-                autocast=_DTYPES[self.inference_dtype],
-            ).cpu()
-            rec_sum += r
-            res_sum += (x - r).abs()
-        n = len(self.noise_levels)
-        rec = from_model(rec_sum / n)[:, 0].numpy()
-        res = (res_sum / n)[:, 0].numpy() * 0.5  # network units are twice the normalised ones
+        for d in range(self.draws):
+            for i, level in enumerate(self.noise_levels):
+                r = reconstruct(
+                    self.model_,
+                    x.to(dev),
+                    level,
+                    condition=cond.to(dev),
+                    covariates=covs,
+                    num_inference_steps=self.num_inference_steps,
+                    seed=self.seed + i + _DRAW_SEED_STRIDE * d,
+                    batch_size=self.inference_batch_size,
+                    autocast=_DTYPES[self.inference_dtype],
+                ).cpu()
+                rec_sum += r
+                res_sum += (x - r).abs()
+        n = len(self.noise_levels) * self.draws
+        mean_rec = rec_sum / n
+        mean_res = (x - mean_rec).abs() if self.average == "reconstructions" else res_sum / n
+        rec = from_model(mean_rec)[:, 0].numpy()
+        res = mean_res[:, 0].numpy() * 0.5  # network units are twice the normalised ones
         recon[:, :, idx] = np.moveaxis(rec, 0, -1)
         residual[:, :, idx] = np.moveaxis(res, 0, -1)
         return recon.astype(np.float32), residual.astype(np.float32)

@@ -72,6 +72,13 @@ REAL_HEALTHY_HELDOUT = {
     "chris_t1": "chris_t1/chris_t1.nii.gz",
 }
 
+TUMOUR_DEV_SUBJECTS = 24
+TUMOUR_DEV_SEEDS = (707, 909)
+"""Subjects and seed offsets of the tumour development cohorts ``dev2``, ``dev3`` (``--tumour-dev``).
+``dev2``'s seed is also ``anomaly_fpr.py``'s ``healthy3`` (``MORE_HEALTHY_SEED``), so the two
+share subjects' anatomy and acquisitions: do not pool ``healthy3`` into a false-positive figure
+for a setting chosen on ``dev2`` (session 22 chose the lesion score on ``dev2`` without
+``healthy3`` in the pool)."""
 TRAIN_COHORTS = ("train", "train2")  # train2: the ``--more-train`` subjects
 
 SIZES = {
@@ -378,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="also simulate and preprocess a development cohort (``dev``: the test "
                          "cohort's settings at another seed) for choosing methods without "
                          "touching the test cohort; it is cached and not scored here")
+    ap.add_argument("--tumour-dev", type=int, default=0, metavar="N", choices=range(len(TUMOUR_DEV_SEEDS) + 1),
+                    help="also simulate and preprocess N tumour development cohorts (``dev2``, "
+                         "``dev3``: 24 subjects each, seeds +707 and +909, tumours in 60 %% of "
+                         "subjects, no artefacts) for choosing and then checking how tumours are "
+                         "scored; cached and not scored here")
     ap.add_argument("--residual-map", action="store_true",
                     help="calibrate and score on the residual map, without the voxel-wise "
                          "standardisation against the references (the detector before 2026-12-06)")
@@ -424,7 +436,9 @@ def main(argv: list[str] | None = None) -> int:
         simulate(work, "test", size["test"], args.seed + 404, size["grid"], size["visits"],
                  tumour_fraction=0.5, artefact_fraction=0.5, **motion),
     ] + ([simulate(work, "dev", size["dev"], args.seed + 505, size["grid"], size["visits"],
-                   tumour_fraction=0.5, artefact_fraction=0.5, **motion)] if args.dev else []),
+                   tumour_fraction=0.5, artefact_fraction=0.5, **motion)] if args.dev else [])
+      + [simulate(work, f"dev{i + 2}", TUMOUR_DEV_SUBJECTS, args.seed + TUMOUR_DEV_SEEDS[i], size["grid"],
+                  size["visits"], tumour_fraction=0.6, artefact_fraction=0.0) for i in range(args.tumour_dev)],
         ignore_index=True)  # fmt: skip
     log(f"cohorts ready: {len(cohorts)} visits")
 

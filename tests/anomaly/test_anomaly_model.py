@@ -369,3 +369,46 @@ def test_level_scaling_leaves_a_scan_wide_raise_to_the_artefact_score(
     assert old.judge_residual(rmap * 3.0, region).level_scale == 1.0
     assert AnomalyDetector().level_scaling  # on by default
     assert level_scale(float("nan"), 0.1) == level_scale(0.2, 0.0) == 1.0
+
+
+def test_a_spot_too_small_for_a_cluster_is_lesion_evidence_by_its_peak(tiny_detector, make_scan, tmp_path) -> None:
+    """The lesion score is the larger of the largest cluster's mass and the map's peak, each over
+    its threshold among the references; a calibration from before the peak keeps the mass."""
+    from neurocast.anomaly.calibration import per_score_rate, threshold_at_rate
+    from neurocast.anomaly.scores import combined_lesion_score, lesion_evidence
+
+    det = AnomalyDetector.load(tiny_detector.save(tmp_path / "model"))
+    det.level_scaling = False  # the references' maps are then the leave-one-out standardised ones
+    refs = [make_scan(100 + i) for i in range(6)]
+    rmaps = [det.residual_map(s)[0] for s in refs]
+    regions = [det.region(s) for s in refs]
+    cal = det.calibrate_residuals(rmaps, regions, [s.iqms for s in refs]).calibration_
+    assert set(cal.lesion_scales) == {"mass", "peak"} and cal.extra["lesion_score_rule"]
+    rate = per_score_rate(det.fpr, 2)
+    peaks = [float(m[r].max()) for m, r in zip(det.normative_.leave_one_out(rmaps, regions), regions, strict=True)]
+    assert cal.lesion_scales["peak"] == pytest.approx(threshold_at_rate(peaks, rate))
+
+    scan = make_scan(33)
+    rmap, region = det.residual_map(scan)[0], det.region(scan)
+    plain = det.judge_residual(rmap, region)
+    assert plain.flag == "pass"
+    assert plain.lesion_score == pytest.approx(combined_lesion_score(plain.lesion_evidence, cal.lesion_scales))
+    spot = rmap.copy()
+    i, j, k = np.argwhere(region)[len(np.argwhere(region)) // 2]
+    spot[i, j, k] += 50.0 * float(rmap[region].max())  # one voxel: no cluster of min_component_mm3
+    judged = det.judge_residual(spot, region)
+    assert judged.lesion_evidence["mass"] == pytest.approx(plain.lesion_evidence["mass"])
+    assert judged.lesion_evidence["peak"] > cal.lesion_scales["peak"]
+    assert judged.flag == "review-lesion" and judged.lesion_score > cal.lesion_threshold
+    ev, _ = lesion_evidence(judged.anomaly_map, region, cal.voxel_threshold, min_voxels=det._min_voxels(),
+                            voxel_volume_mm3=det.grid_.voxel_volume_mm3)  # fmt: skip
+    assert ev == judged.lesion_evidence
+
+    # a model card from before the peak was read: the mass alone, until calibrated again
+    det.save(tmp_path / "peak")
+    card = json.loads((tmp_path / "peak" / "model_card.json").read_text())
+    del card["extra"]["anomaly"]["calibration"]["lesion_scales"]
+    (tmp_path / "peak" / "model_card.json").write_text(json.dumps(card))
+    old = AnomalyDetector.load(tmp_path / "peak")
+    assert old.calibration_.lesion_scales is None
+    assert old.judge_residual(spot, region).lesion_score == pytest.approx(judged.lesion_evidence["mass"])

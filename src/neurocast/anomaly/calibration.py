@@ -109,6 +109,10 @@ class Calibration:
         residual_level: the highest diffuse residual level among the references (their largest
             ``residual_median`` feature, normalised intensity units) that a scan's level is
             divided by for the detector's ``level_scaling`` (``None``: no scaling).
+        lesion_scales: each lesion reading's threshold over the references (``{"mass": ...,
+            "peak": ...}``), which :func:`~neurocast.anomaly.scores.combined_lesion_score`
+            divides by (``None``: a calibration from before the peak was read; the lesion
+            score is the cluster mass alone).
         lesion_reference, artefact_reference: the reference scores, sorted.
         feature_reference: median and scale of each artefact feature over the references.
         n_references: number of reference scans.
@@ -129,6 +133,7 @@ class Calibration:
     grow_threshold: float = float("nan")
     grow_quantile: float = float("nan")
     residual_level: float | None = None
+    lesion_scales: dict[str, float] | None = None
 
     @property
     def at_reference_maximum(self) -> bool:
@@ -231,6 +236,10 @@ class Calibration:
             grow_threshold=num(d.get("grow_threshold")),
             grow_quantile=num(d.get("grow_quantile")),
             residual_level=None if d.get("residual_level") is None else float(d["residual_level"]),
+            lesion_scales=(
+                None if d.get("lesion_scales") is None
+                else {k: float(v) for k, v in dict(d["lesion_scales"]).items()}
+            ),
         )
 
 
@@ -256,6 +265,7 @@ def calibrate_scores(
     grow_threshold: float = float("nan"),
     grow_quantile: float = float("nan"),
     residual_level: float | None = None,
+    lesion_scales: Mapping[str, float] | None = None,
 ) -> Calibration:
     """A :class:`Calibration` from the two scores of healthy reference scans.
 
@@ -267,6 +277,8 @@ def calibrate_scores(
         grow_threshold, grow_quantile: the lower threshold the mask's clusters grow into, and
             its quantile (recorded; ``NaN``: no growth).
         residual_level: the references' highest diffuse residual level (``None``: no scaling).
+        lesion_scales: the lesion readings' reference thresholds the lesion scores were made
+            with (recorded; ``None``: the scores are cluster masses).
         feature_reference: the artefact features' reference statistics.
         extra: more JSON to keep.
     """
@@ -290,6 +302,7 @@ def calibrate_scores(
         grow_threshold=float(grow_threshold),
         grow_quantile=float(grow_quantile),
         residual_level=None if residual_level is None else float(residual_level),
+        lesion_scales=None if lesion_scales is None else {k: float(v) for k, v in lesion_scales.items()},
     )
 
 

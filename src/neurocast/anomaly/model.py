@@ -77,19 +77,28 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from neurocast.anomaly.calibration import Calibration, calibrate_scores, voxel_thresholds_from_maps
+from neurocast.anomaly.calibration import (
+    Calibration,
+    calibrate_scores,
+    per_score_rate,
+    threshold_at_rate,
+    voxel_thresholds_from_maps,
+)
 from neurocast.anomaly.iqm import IQMResult
-from neurocast.anomaly.maps import Component, anomaly_map, components, eroded_mask, grown_mask
+from neurocast.anomaly.maps import Component, anomaly_map, eroded_mask, grown_mask
 from neurocast.anomaly.normative import RULE as NORMATIVE_RULE
 from neurocast.anomaly.normative import NormativeMaps
 from neurocast.anomaly.scan import Scan
 from neurocast.anomaly.scores import (
     ARTEFACT_SCORE_RULE,
+    LESION_EVIDENCE,
+    LESION_SCORE_RULE,
     artefact_features,
     artefact_score,
+    combined_lesion_score,
     feature_zscores,
     leave_one_out_artefact_scores,
-    lesion_score,
+    lesion_evidence,
     level_scale,
     reference_statistics,
     summarise,
@@ -152,6 +161,8 @@ class ResidualJudgement:
         lesion_percentile, artefact_percentile: both percentiles.
         level_scale: the factor the residual map was divided by before standardisation
             (:func:`~neurocast.anomaly.scores.level_scale`; 1 without ``level_scaling``).
+        lesion_evidence: the readings the lesion score combines: ``mass`` of the largest cluster
+            and ``peak`` of the map (:func:`~neurocast.anomaly.scores.lesion_evidence`).
     """
 
     anomaly_map: np.ndarray
@@ -164,6 +175,7 @@ class ResidualJudgement:
     lesion_percentile: float
     artefact_percentile: float
     level_scale: float
+    lesion_evidence: dict[str, float]
 
 
 @dataclass
@@ -220,6 +232,7 @@ class AnomalyResult(ResidualJudgement):
             "artefact_percentile": num(self.artefact_percentile),
             "anomaly_volume_mm3": float(self.mask.sum() * self.grid.voxel_volume_mm3),
             "level_scale": num(self.level_scale),
+            "lesion_evidence": summarise(self.lesion_evidence),
             "used_prior": self.used_prior,
             "artefact_features": summarise(self.features),
             "artefact_feature_z": summarise(self.feature_z),
@@ -677,7 +690,13 @@ class AnomalyDetector:
         quantiles = [self.voxel_quantile] + ([self.grow_quantile] if self.grow_quantile is not None else [])
         vthr, *grow = voxel_thresholds_from_maps(maps, regions, quantiles)
         vv = self.grid_.voxel_volume_mm3
-        les = [lesion_score(m, vthr, min_voxels=self._min_voxels(), voxel_volume_mm3=vv) for m in maps]
+        evidence = [
+            lesion_evidence(m, r, vthr, min_voxels=self._min_voxels(), voxel_volume_mm3=vv)[0]
+            for m, r in zip(maps, regions, strict=True)
+        ]
+        rate = per_score_rate(self.fpr if fpr is None else float(fpr), 2)
+        scales = {k: threshold_at_rate([e[k] for e in evidence], rate) for k in LESION_EVIDENCE}
+        les = [combined_lesion_score(e, scales) for e in evidence]
         art = leave_one_out_artefact_scores(feats, groups=groups)
         names = list(references) if references is not None else [f"scan {i}" for i in range(n)]
         self.calibration_ = calibrate_scores(
@@ -689,10 +708,12 @@ class AnomalyDetector:
             grow_threshold=grow[0] if grow else float("nan"),
             grow_quantile=self.grow_quantile if grow else float("nan"),
             residual_level=residual_level,
+            lesion_scales=scales,
             feature_reference=reference_statistics(feats),
             extra={
                 "references": names,
                 "artefact_score_rule": ARTEFACT_SCORE_RULE,
+                "lesion_score_rule": LESION_SCORE_RULE,
                 "map": NORMATIVE_RULE if self.normative_ is not None else "residual",
                 "left_out": "group" if groups is not None else "scan",
             },
@@ -760,8 +781,10 @@ class AnomalyDetector:
             scale = level_scale(feats["residual_median"], cal.residual_level)
         amap = self._standardised(residual_map / np.float32(scale), region)
         vv = self.grid_.voxel_volume_mm3
-        comps = components(amap, cal.voxel_threshold, min_voxels=self._min_voxels(), voxel_volume_mm3=vv)
-        les = comps[0].mass if comps else 0.0
+        evidence, comps = lesion_evidence(
+            amap, region, cal.voxel_threshold, min_voxels=self._min_voxels(), voxel_volume_mm3=vv
+        )
+        les = evidence["mass"] if cal.lesion_scales is None else combined_lesion_score(evidence, cal.lesion_scales)
         art = artefact_score(feats, cal.feature_reference)
         verdict = cal.assess(les, art)
         return ResidualJudgement(
@@ -775,6 +798,7 @@ class AnomalyDetector:
             lesion_percentile=verdict["lesion_percentile"],
             artefact_percentile=verdict["artefact_percentile"],
             level_scale=float(scale),
+            lesion_evidence=evidence,
         )
 
     # ------------------------------------------------------------------ save / load

@@ -1,13 +1,29 @@
 """Per-scan scores: a lesion score (compact, local residual) and an artefact score (diffuse).
 
-**Lesion score** (:func:`lesion_score`): the ``mass`` of the largest cluster of the anomaly map
-above the calibrated voxel threshold (:func:`neurocast.anomaly.maps.components`): the sum of the
-map's excess over the threshold in that cluster, times the voxel volume (mm³ x intensity units).
-A tumour makes one strong compact cluster; healthy scans have at most small, weak ones. Clusters
-smaller than ``min_voxels`` do not count. 0 when there is no cluster. A scan whose residual is
-raised everywhere beyond every healthy reference (another scanner, motion) would raise its
-clusters too; the detector first divides such a map by :func:`level_scale`, so that the lesion
-score reads local excess only.
+**Lesion evidence** (:func:`lesion_evidence`): two readings of the anomaly map.
+
+* ``mass`` (:func:`lesion_score`): the mass of the largest cluster of the map above the
+  calibrated voxel threshold (:func:`neurocast.anomaly.maps.components`): the sum of the map's
+  excess over the threshold in that cluster, times the voxel volume (mm³ x the map's units).
+  Clusters smaller than ``min_voxels`` do not count. 0 when there is no cluster.
+* ``peak``: the map's highest value in the region (the eroded brain mask).
+
+A large tumour makes one strong, extended cluster; a small one can leave a light cluster but a
+high peak; healthy scans have at most small, weak clusters and moderate peaks.
+
+**Lesion score** (:func:`combined_lesion_score`): the larger of the two, each divided by its own
+threshold over the healthy references (``Calibration.lesion_scales``), so a scan is flagged when
+either reading stands out. Calibrated the same way as any score: the lesion threshold is set on
+the references' combined scores (1 when there are too few references for the rate and the
+scales are the references' largest values). Calibrations from before the peak was read
+(no ``lesion_scales``) keep the mass alone as the score. Chosen on the benchmark's development
+cohorts and checked on a third before the test cohort was scored (``BENCHMARKS.md``, session
+22): mass or peak flagged 48 of 61 development tumour visits against 44 for the mass alone, with
+no healthy visit flagged by either.
+
+A scan whose residual is raised everywhere beyond every healthy reference (another scanner,
+motion) would raise its clusters and its peak too; the detector first divides such a map by
+:func:`level_scale`, so that the lesion evidence reads local excess only.
 
 **Artefact score** (:func:`artefact_score`): motion, ghosting and spikes spread over the whole
 image. The evidence, each oriented so that larger means worse (:func:`artefact_features`):
@@ -71,7 +87,7 @@ from typing import Any
 import numpy as np
 
 from neurocast.anomaly.iqm import IQMResult
-from neurocast.anomaly.maps import components
+from neurocast.anomaly.maps import Component, components
 
 ARTEFACT_FEATURES = ("residual_median", "residual_p90", "cjv", "ghost_ratio")
 """Features of the artefact score (see the module docstring)."""
@@ -106,6 +122,57 @@ def lesion_score(
     """Mass of the largest supra-threshold cluster of the anomaly map (0 if there is none)."""
     comps = components(amap, voxel_threshold, min_voxels=min_voxels, voxel_volume_mm3=voxel_volume_mm3)
     return comps[0].mass if comps else 0.0
+
+
+LESION_EVIDENCE = ("mass", "peak")
+"""The readings of the anomaly map that the lesion score combines (see the module docstring)."""
+LESION_SCORE_RULE = "max-of-mass-and-peak-over-their-reference-thresholds"
+"""Name of the rule that turns the lesion evidence into the lesion score; a calibration records it."""
+MIN_LESION_SCALE = 1e-6
+"""Floor of a lesion scale: references whose maps hold no cluster at all give a mass threshold of
+0, and any cluster must then stand out (as it did under the mass alone)."""
+
+
+def lesion_evidence(
+    amap: np.ndarray,
+    region: np.ndarray,
+    voxel_threshold: float,
+    *,
+    min_voxels: int = 1,
+    voxel_volume_mm3: float = 1.0,
+) -> tuple[dict[str, float], list[Component]]:
+    """The lesion evidence of an anomaly map and its supra-threshold clusters.
+
+    Args:
+        amap: ``(X, Y, Z)`` anomaly map (zero or above).
+        region: ``(X, Y, Z)`` bool, where the peak is read (the eroded brain mask).
+        voxel_threshold: the clusters' threshold; ``min_voxels``: the smallest cluster that counts.
+
+    Returns:
+        ``({"mass": ..., "peak": ...}, clusters)``, the clusters largest mass first.
+
+    Example:
+        >>> amap = np.zeros((20, 20, 20), np.float32); amap[5:9, 5:9, 5:9] = 0.3
+        >>> ev, comps = lesion_evidence(amap, amap >= 0, 0.1, min_voxels=4, voxel_volume_mm3=8.0)
+        >>> round(ev["mass"], 2), round(ev["peak"], 2), len(comps)
+        (102.4, 0.3, 1)
+    """
+    comps = components(amap, voxel_threshold, min_voxels=min_voxels, voxel_volume_mm3=voxel_volume_mm3)
+    inside = np.asarray(amap)[np.asarray(region, dtype=bool)]
+    return {
+        "mass": comps[0].mass if comps else 0.0,
+        "peak": float(inside.max()) if inside.size else 0.0,
+    }, comps
+
+
+def combined_lesion_score(evidence: Mapping[str, float], scales: Mapping[str, float]) -> float:
+    """The lesion score: the largest of ``evidence[k] / scales[k]`` over :data:`LESION_EVIDENCE`.
+
+    Example:
+        >>> combined_lesion_score({"mass": 50.0, "peak": 9.0}, {"mass": 100.0, "peak": 6.0})
+        1.5
+    """
+    return max(float(evidence[k]) / max(float(scales[k]), MIN_LESION_SCALE) for k in LESION_EVIDENCE)
 
 
 def level_scale(level: float, reference_level: float) -> float:

@@ -476,6 +476,9 @@ def _qa_fields(rec: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     if scores is None and not isinstance(rec.get("scores"), (dict, list, type(None))):
         score_items.insert(0, ("score", rec["scores"]))
+    evidence = pick("lesion_evidence")
+    if isinstance(evidence, dict):  # what the lesion score is made of
+        score_items += [(f"lesion evidence: {k}", v) for k, v in evidence.items()]
     feature_z = pick("artefact_feature_z")
     if isinstance(feature_z, dict):  # what the artefact score is made of, in healthy SDs
         score_items += [(f"artefact evidence: {k} (robust z)", v) for k, v in feature_z.items()]

@@ -15,6 +15,9 @@ Run::
 
     python benchmarks/anomaly_benchmark.py --jobs 2 --work WORK --dev --prepare-only
     python benchmarks/anomaly_mask_growth.py --work WORK --model src/neurocast/weights/anomaly-demo
+
+``--cohorts`` scores other development cohorts instead (``dev2``, ``dev3`` from
+``anomaly_benchmark.py --tumour-dev 2``), with each cohort's mean Dice when there are several.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -39,9 +43,13 @@ GROW_QUANTILES = (None, 0.95, 0.97, 0.98, 0.99, 0.995)
 def main(argv: list[str] | None = None) -> int:
     from neurocast.anomaly import AnomalyDetector
 
-    args = B.cache_script_args(__doc__, argv, "anomaly_mask_growth.json")
+    def cohorts_option(ap: Any) -> None:
+        ap.add_argument("--cohorts", nargs="+", default=["dev"],
+                        help="the development cohorts to score (e.g. dev2 dev3, from --tumour-dev)")  # fmt: skip
+
+    args = B.cache_script_args(__doc__, argv, "anomaly_mask_growth.json", cohorts_option)
     work = args.work / "full"
-    dev, refs = residual_maps(work, args.model, args.threads)
+    dev, refs = residual_maps(work, args.model, args.threads, scored=tuple(args.cohorts))
 
     ref_data = [load_residual(work, k) for k in refs]
     groups = [k.split("_ses-")[0] for k in refs]  # calib_sub-001, or the IXI scan itself
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             d = B.dice(mask, truth)
             dice.append(d)
             rows.append(
-                {"grow_quantile": q, "key": r.key, "tumour_ml": float(truth.sum() * vml), "dice": d}
+                {"grow_quantile": q, "key": r.key, "cohort": r.cohort, "tumour_ml": float(truth.sum() * vml), "dice": d}
             )
         flagged = [
             float(det.mask_of(det.judge_residual(*load_residual(work, k)).anomaly_map).sum() * vml)
@@ -74,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             "grow_quantile": q, "grow_threshold": cal.grow_threshold, "voxel_threshold": cal.voxel_threshold,
             "tumour_dice_mean": float(np.mean(dice)), "healthy_mask_ml_mean": float(np.mean(flagged)),
             "n_tumour_visits": len(dice), "n_healthy_visits": len(flagged),
+            **{f"tumour_dice_mean_{c}": float(np.mean([x["dice"] for x in rows if x["grow_quantile"] == q and x["cohort"] == c]))
+               for c in args.cohorts if len(args.cohorts) > 1},
         })  # fmt: skip
         print(json.dumps(summary[-1]), flush=True)
     print(pd.DataFrame(summary).to_string(index=False))
     args.out.write_text(
-        json.dumps({"model": str(args.model), "summary": summary, "per_visit": rows}, indent=1)
+        json.dumps({"model": str(args.model), "cohorts": args.cohorts, "summary": summary, "per_visit": rows}, indent=1)
         + "\n"
     )
     return 0

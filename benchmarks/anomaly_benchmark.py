@@ -112,6 +112,11 @@ def apply_level_scaling(det: Any, choice: str) -> Any:
     return det
 
 
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    """Write a cache script's results as JSON (one-space indent, numpy numbers as floats)."""
+    path.write_text(json.dumps(results, indent=1, default=float) + "\n")
+
+
 def cache_script_args(doc: str, argv: list[str] | None, out: str | None = None,
                       more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:  # fmt: skip
     """The command line of a script that reads this benchmark's cache: ``--work`` (required) and,

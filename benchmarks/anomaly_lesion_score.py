@@ -209,19 +209,15 @@ def main(argv: list[str] | None = None) -> int:
         summary.append(out)
         print(json.dumps(out), flush=True)
     print(pd.DataFrame(summary).to_string(index=False))
-    args.out.write_text(
-        json.dumps(
-            {
-                "model": str(args.model),
-                "cohorts": args.cohorts,
-                "summary": summary,
-                "per_visit": rows,
-                "reference_scores": ref_scores,
-            },
-            indent=1,
-            default=float,
-        )
-        + "\n"
+    B.write_results(
+        args.out,
+        {
+            "model": str(args.model),
+            "cohorts": args.cohorts,
+            "summary": summary,
+            "per_visit": rows,
+            "reference_scores": ref_scores,
+        },
     )
     return 0
 

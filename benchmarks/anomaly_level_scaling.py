@@ -141,18 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         per_visit += [dict(r, level_scaling=on) for r in rows]
         print(json.dumps(res, default=float), flush=True)
     print(pd.DataFrame(summary).drop(columns=[k for k in REAL if k in summary[0]]).T.to_string())
-    args.out.write_text(
-        json.dumps(
-            {
-                "model": str(args.model),
-                "settings": settings,
-                "summary": summary,
-                "per_visit": per_visit,
-            },
-            indent=1,
-            default=float,
-        )
-        + "\n"
+    B.write_results(
+        args.out,
+        {
+            "model": str(args.model),
+            "settings": settings,
+            "summary": summary,
+            "per_visit": per_visit,
+        },
     )
     return 0
 

@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         })  # fmt: skip
         print(json.dumps(summary[-1]), flush=True)
     print(pd.DataFrame(summary).to_string(index=False))
-    args.out.write_text(
-        json.dumps({"model": str(args.model), "cohorts": args.cohorts, "summary": summary, "per_visit": rows}, indent=1)
-        + "\n"
+    B.write_results(
+        args.out,
+        {"model": str(args.model), "cohorts": args.cohorts, "summary": summary, "per_visit": rows},
     )
     return 0
 

@@ -185,6 +185,11 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path, _fast_preproc
     assert flagged == sorted(flagged, reverse=True)  # flagged scans first
     record = json.loads((anat / "sub-001_ses-bl_desc-qa.json").read_text())
     assert record["row"]["used_prior"] is False and "iqms" in record["result"]
+    # the lesion score and what it is made of: each reading over its healthy threshold
+    scales, evidence = record["calibration"]["lesion_scales"], record["result"]["lesion_evidence"]
+    assert record["result"]["lesion_score"] == pytest.approx(
+        max(evidence[k] / max(scales[k], 1e-6) for k in ("mass", "peak"))
+    )
     later = table[table["session_id"] != "ses-bl"]
     first = table[table["session_id"] == "ses-bl"].set_index("participant_id")["flag"]
     for r in later.itertuples():  # a follow-up is conditioned on its baseline iff that passed

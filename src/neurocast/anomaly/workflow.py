@@ -346,6 +346,7 @@ def qa_participant(
                     "artefact_threshold": _num(cal.artefact_threshold),
                     "voxel_threshold": _num(cal.voxel_threshold),
                     "grow_threshold": _num(cal.grow_threshold),
+                    "lesion_scales": cal.lesion_scales,  # what the lesion evidence is divided by
                     "n_references": cal.n_references,
                 },
                 "preprocessing_qc": {

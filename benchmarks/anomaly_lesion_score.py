@@ -56,22 +56,6 @@ TOP_ML = 1.0
 EITHER = "cluster mass or peak"
 
 
-def reference_maps(det: Any, ref_data: list[tuple], groups: list[str]) -> list[np.ndarray]:
-    """The references' maps as :meth:`AnomalyDetector.calibrate_residuals` scores them: level
-    scaled against the other groups' highest level, standardised against the other groups."""
-    from neurocast.anomaly.scores import artefact_features, level_scale
-
-    maps, regions, _iqms = (list(x) for x in zip(*ref_data, strict=True))
-    levels = np.array([artefact_features(m, r, q)["residual_median"] for m, r, q in ref_data])
-    if det.level_scaling:
-        others = [float(np.nanmax(levels[[g != own for g in groups]])) for own in groups]
-        maps = [
-            m / np.float32(level_scale(lv, o))
-            for m, lv, o in zip(maps, levels, others, strict=True)
-        ]
-    return det.normative_.leave_one_out(maps, regions, det.grid_.spacing_mm, groups=groups)
-
-
 def score_functions(det: Any) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
     from scipy import ndimage
 
@@ -160,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     maps, regions, iqms = zip(*ref_data, strict=True)
     det.calibrate_residuals(list(maps), list(regions), list(iqms), groups=groups)
     fns = score_functions(det)
-    ref_maps = reference_maps(det, ref_data, groups)
+    # the references' maps as the calibration scores them
+    ref_maps = det._reference_maps(list(maps), list(regions), groups)[0]
     ref_scores = {
         name: [f(m, r) for m, r in zip(ref_maps, regions, strict=True)] for name, f in fns.items()
     }

@@ -674,19 +674,8 @@ class AnomalyDetector:
         if groups is not None and len(set(groups)) < 2:
             raise ValueError("calibration by groups needs references from at least two groups")
         feats = [artefact_features(m, r, q) for m, r, q in zip(residual_maps, regions, iqms, strict=True)]
-        self.normative_: NormativeMaps | None = None
-        maps = list(residual_maps)
-        residual_level = None
-        if self.level_scaling:
-            levels = np.array([f["residual_median"] for f in feats], dtype=np.float64)
-            residual_level = float(np.nanmax(levels))
-            labels = list(range(n)) if groups is None else list(groups)
-            others = [float(np.nanmax(levels[[lab != own for lab in labels]])) for own in labels]
-            maps = [m / np.float32(level_scale(lv, ref)) for m, lv, ref in zip(maps, levels, others, strict=True)]
-        if self.normative:
-            norm = NormativeMaps(self.normative_smoothing_mm, self.normative_floor)
-            maps = norm.leave_one_out(maps, regions, self.grid_.spacing_mm, groups=groups)
-            self.normative_ = norm
+        fpr = self.fpr if fpr is None else float(fpr)
+        maps, residual_level, self.normative_ = self._reference_maps(residual_maps, regions, groups)
         quantiles = [self.voxel_quantile] + ([self.grow_quantile] if self.grow_quantile is not None else [])
         vthr, *grow = voxel_thresholds_from_maps(maps, regions, quantiles)
         vv = self.grid_.voxel_volume_mm3
@@ -694,7 +683,7 @@ class AnomalyDetector:
             lesion_evidence(m, r, vthr, min_voxels=self._min_voxels(), voxel_volume_mm3=vv)[0]
             for m, r in zip(maps, regions, strict=True)
         ]
-        rate = per_score_rate(self.fpr if fpr is None else float(fpr), 2)
+        rate = per_score_rate(fpr, 2)
         scales = {k: threshold_at_rate([e[k] for e in evidence], rate) for k in LESION_EVIDENCE}
         les = [combined_lesion_score(e, scales) for e in evidence]
         art = leave_one_out_artefact_scores(feats, groups=groups)
@@ -702,7 +691,7 @@ class AnomalyDetector:
         self.calibration_ = calibrate_scores(
             les,
             art,
-            fpr=self.fpr if fpr is None else float(fpr),
+            fpr=fpr,
             voxel_threshold=vthr,
             voxel_quantile=self.voxel_quantile,
             grow_threshold=grow[0] if grow else float("nan"),
@@ -722,6 +711,38 @@ class AnomalyDetector:
         if note:
             log.warning(note)
         return self
+
+    def _reference_maps(
+        self,
+        residual_maps: Sequence[np.ndarray],
+        regions: Sequence[np.ndarray],
+        groups: Sequence[Any] | None = None,
+    ) -> tuple[list[np.ndarray], float | None, NormativeMaps | None]:
+        """The references' anomaly maps as :meth:`calibrate_residuals` scores them: each divided
+        by its level scale against the other groups' highest level (``level_scaling``), then
+        standardised against the other groups' references (``normative``).
+
+        Returns:
+            ``(maps, residual_level, normative)``: the maps, the references' highest residual
+            level (``None`` without ``level_scaling``) and the normative maps fitted on all
+            references (``None`` without ``normative``).
+        """
+        maps = list(residual_maps)
+        residual_level = None
+        if self.level_scaling:
+            levels = np.array(
+                [artefact_features(m, r)["residual_median"] for m, r in zip(maps, regions, strict=True)],
+                dtype=np.float64,
+            )
+            residual_level = float(np.nanmax(levels))
+            labels = list(range(len(maps))) if groups is None else list(groups)
+            others = [float(np.nanmax(levels[[lab != own for lab in labels]])) for own in labels]
+            maps = [m / np.float32(level_scale(lv, ref)) for m, lv, ref in zip(maps, levels, others, strict=True)]
+        norm = None
+        if self.normative:
+            norm = NormativeMaps(self.normative_smoothing_mm, self.normative_floor)
+            maps = norm.leave_one_out(maps, regions, self.grid_.spacing_mm, groups=groups)
+        return maps, residual_level, norm
 
     # ------------------------------------------------------------------ score
     def score(self, scan: Scan, *, use_prior: bool = True) -> AnomalyResult:

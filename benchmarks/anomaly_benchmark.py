@@ -319,6 +319,18 @@ def auroc(pos: list[float], neg: list[float]) -> float:
     return float(roc_auc_score([1] * len(pos) + [0] * len(neg), pos + neg))
 
 
+def subject_bootstrap_interval(values: Any, subjects: Any, n: int = 2000, seed: int = 0) -> list[float]:
+    """95 % interval of the mean of ``values``, resampling subjects (a subject's visits together)."""
+    frame = pd.DataFrame({"v": np.asarray(values, float), "s": list(subjects)}).dropna()
+    groups = [g["v"].to_numpy() for _, g in frame.groupby("s")]
+    if not groups:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = [np.mean(np.concatenate([groups[i] for i in rng.integers(len(groups), size=len(groups))]))
+             for _ in range(n)]  # fmt: skip
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
 def visit_group(tumour_present: Any, artefact: Any, severity: Any) -> str | None:
     """``tumour``, ``motion_<severity>`` or ``healthy``; ``None`` for a visit with both a tumour
     and motion (left out of the per-kind figures)."""
@@ -375,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inference-steps", type=int, default=None)
     ap.add_argument("--grow-quantile", type=float, default=0.99,
                     help="healthy quantile the mask's clusters grow into (0: no growth)")  # fmt: skip
+    ap.add_argument("--mask-dilation-mm", type=float, default=2.0,
+                    help="radius the mask is dilated by inside the brain, mm (0: none)")  # fmt: skip
     ap.add_argument("--no-real", action="store_true", help="skip the shared real scans")
     ap.add_argument("--jobs", type=int, default=1,
                     help="preprocess this many scans at once (threads are shared out among them)")
@@ -408,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from neurocast.anomaly import AnomalyDetector
     from neurocast.anomaly.calibration import voxel_threshold_from_maps
-    from neurocast.anomaly.maps import eroded_mask, grown_mask, threshold_map
+    from neurocast.anomaly.maps import dilated_mask, eroded_mask, grown_mask, threshold_map
     from neurocast.anomaly.model import native_map
     from neurocast.anomaly.scores import lesion_score
     from neurocast.registration.template import working_grid
@@ -504,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.inference_steps:
         kw["num_inference_steps"] = args.inference_steps
     kw["grow_quantile"] = args.grow_quantile if args.grow_quantile > 0 else None
+    kw["mask_dilation_mm"] = args.mask_dilation_mm
     train_scans = with_priors(cohorts[cohorts["cohort"].isin(TRAIN_COHORTS)]) + [real[n] for n in IXI_TRAIN if n in real]
     calib_groups: list[str] = []  # each reference is scored against the other participants'
     calib_scans = with_priors(cohorts[cohorts["cohort"] == "calib"], calib_groups) + [real[n] for n in IXI_CALIB if n in real]
@@ -590,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     res["tumour_auroc"] = auroc(list(tu["lesion"]), list(hl["lesion"]))
     res["tumour_auroc_noprior"] = auroc(list(tu["lesion_noprior"]), list(hl["lesion_noprior"]))
     res["tumour_dice_mean"] = float(np.nanmean(tu["dice"])) if len(tu) else float("nan")
+    res["tumour_dice_mean_95ci"] = subject_bootstrap_interval(tu["dice"], tu["key"].str.split("_ses-").str[0])
+    both = df[df["tumour_and_motion"]]
+    res["tumour_and_motion_dice_mean"] = float(np.nanmean(both["dice"])) if len(both) else float("nan")
     res["fpr_healthy"] = float(np.mean(hl["flag"] != "pass")) if len(hl) else float("nan")
     res["fpr_healthy_noprior"] = float(np.mean(hl["flag_noprior"] != "pass")) if len(hl) else float("nan")
     for s in ("mild", "moderate", "severe"):
@@ -609,7 +627,9 @@ def main(argv: list[str] | None = None) -> int:
     vv = grid.voxel_volume_mm3
     z_cal_scores = [lesion_score(m, z_thr, min_voxels=min_vox, voxel_volume_mm3=vv) for m in zmaps_cal]
     z_les_thr = float(np.quantile(z_cal_scores, 1 - args.fpr, method="weibull"))
-    yv, sv, zv, zrows = [], [], [], []
+    # voxels of the tumour visits: pure ones (the per-kind figures) and those with motion too
+    yv, sv, zv = {False: [], True: []}, {False: [], True: []}, {False: [], True: []}
+    zrows = []
     for r in test.itertuples():
         z = zb.map(scans[r.key])
         zs = lesion_score(z, z_thr, min_voxels=min_vox, voxel_volume_mm3=vv)
@@ -617,11 +637,15 @@ def main(argv: list[str] | None = None) -> int:
         if r.tumour_present and os.path.isfile(r.tumour_truth):
             truth = np.asarray(nib.load(r.tumour_truth).dataobj) > 0
             brain = scans[r.key].brain_mask
-            yv.append(truth[brain])
-            sv.append(maps[r.key][brain])
-            zv.append(z[brain])
+            both = r.artefact == "motion"
+            yv[both].append(truth[brain])
+            sv[both].append(maps[r.key][brain])
+            zv[both].append(z[brain])
             row["z_dice"] = dice(threshold_map(z, z_thr, min_vox), truth)
-            row["z_dice_grown"] = dice(grown_mask(z, z_thr, z_grow, min_vox), truth)
+            z_mask = grown_mask(z, z_thr, z_grow, min_vox)
+            row["z_dice_grown"] = dice(z_mask, truth)
+            # and dilated as the detector's mask is
+            row["z_dice_dilated"] = dice(dilated_mask(z_mask, det.mask_dilation_mm, grid.spacing_mm, brain), truth)
         zrows.append(row)
     zdf = df.merge(pd.DataFrame(zrows), on="key")
     zp = zdf[~zdf["tumour_and_motion"]]
@@ -629,12 +653,17 @@ def main(argv: list[str] | None = None) -> int:
                                            list(zp[zp["kind"] == "healthy"]["z_lesion"]))  # fmt: skip
     res["baseline_z_tumour_dice_mean"] = float(np.nanmean(zp[zp["kind"] == "tumour"]["z_dice"])) if len(tu) else float("nan")
     res["baseline_z_tumour_dice_mean_grown"] = float(np.nanmean(zp[zp["kind"] == "tumour"]["z_dice_grown"])) if len(tu) else float("nan")
+    res["baseline_z_tumour_dice_mean_dilated"] = float(np.nanmean(zp[zp["kind"] == "tumour"]["z_dice_dilated"])) if len(tu) else float("nan")
     res["baseline_z_fpr_healthy"] = float(np.mean(zp[zp["kind"] == "healthy"]["z_lesion"] > z_les_thr)) if len(hl) else float("nan")
-    if yv:
-        y = np.concatenate(yv)
-        res["tumour_voxel_auprc"] = float(average_precision_score(y, np.concatenate(sv)))
-        res["baseline_z_voxel_auprc"] = float(average_precision_score(y, np.concatenate(zv)))
-        res["voxel_prevalence"] = float(y.mean())
+    # the tumour visits without motion, as the AUROC and the Dice (until 2026-12-07 this pooled
+    # the visits with motion too: that figure is now *_incl_motion)
+    for suffix, parts in (("", (False,)), ("_incl_motion", (False, True))):
+        if not any(yv[b] for b in parts):
+            continue
+        y = np.concatenate([a for b in parts for a in yv[b]])
+        res[f"tumour_voxel_auprc{suffix}"] = float(average_precision_score(y, np.concatenate([a for b in parts for a in sv[b]])))
+        res[f"baseline_z_voxel_auprc{suffix}"] = float(average_precision_score(y, np.concatenate([a for b in parts for a in zv[b]])))
+        res[f"voxel_prevalence{suffix}"] = float(y.mean())
 
     # baseline (b): logistic regression on the IQMs, trained on the lrtrain cohort
     from sklearn.impute import SimpleImputer

@@ -59,7 +59,7 @@ EITHER = "cluster mass or peak"
 def score_functions(det: Any) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
     from scipy import ndimage
 
-    from neurocast.anomaly.maps import components
+    from neurocast.anomaly.maps import components, grown_mask
     from neurocast.anomaly.scores import lesion_score
 
     cal = det.calibration_
@@ -68,7 +68,7 @@ def score_functions(det: Any) -> dict[str, Callable[[np.ndarray, np.ndarray], fl
     top_n = max(1, round(TOP_ML * 1000.0 / vv))
 
     def grown_mass(m: np.ndarray, region: np.ndarray) -> float:
-        mask = det.mask_of(m)
+        mask = grown_mask(m, cal.voxel_threshold, cal.grow_threshold, mv)  # the clusters, undilated
         lab, n = ndimage.label(mask)
         if n == 0:
             return 0.0

@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import anomaly_benchmark as B  # noqa: E402
-from anomaly_normative_dev import REAL, load_residual, residual_maps  # noqa: E402
+from anomaly_normative_dev import REAL, load_brain, load_residual, residual_maps  # noqa: E402
 
 
 def evaluate(
@@ -69,10 +69,9 @@ def evaluate(
                "dice": float("nan")}  # fmt: skip
         if r.tumour_present:
             truth = np.asarray(nib.load(r.tumour_truth).dataobj) > 0
-            row["dice"] = B.dice(det.mask_of(j.anomaly_map), truth)
+            brain = load_brain(work, r.key)
+            row["dice"] = B.dice(det.mask_of(j.anomaly_map, within=brain), truth)
             if not r.motion:
-                with np.load(work / "maps" / f"{r.key}.npz") as z:
-                    brain = z["brain"].astype(bool)
                 y.append(truth[brain])
                 s.append(j.anomaly_map[brain])
         rows.append(row)

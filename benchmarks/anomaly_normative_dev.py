@@ -111,6 +111,12 @@ def load_residual(work: Path, key: str) -> tuple[np.ndarray, np.ndarray, Any]:
     return rmap, region, B.load_scan(work / "scans" / f"{key}.npz")[0].iqms
 
 
+def load_brain(work: Path, key: str) -> np.ndarray:
+    """A cached visit's brain mask on the working grid (what the anomaly mask's dilation stays in)."""
+    with np.load(work / "maps" / f"{key}.npz") as z:
+        return z["brain"].astype(bool)
+
+
 def evaluate(maps: dict[str, dict[str, np.ndarray]], refs: list[str], dev: pd.DataFrame,
              kind: str, smoothing_mm: float, floor: float) -> dict[str, Any]:  # fmt: skip
     from sklearn.metrics import average_precision_score, roc_auc_score

@@ -20,9 +20,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE.parent / "src" / "neurocast" / "weights" / "anomaly-demo"
 HEADLINE = (
-    "tumour_auroc", "tumour_voxel_auprc", "tumour_dice_mean", "fpr_healthy", "motion_auroc_mild",
+    "tumour_auroc", "tumour_voxel_auprc", "tumour_voxel_auprc_incl_motion", "tumour_dice_mean",
+    "tumour_dice_mean_95ci", "tumour_and_motion_dice_mean", "fpr_healthy", "motion_auroc_mild",
     "motion_auroc_moderate", "motion_auroc_severe", "baseline_z_tumour_auroc",
-    "baseline_z_voxel_auprc", "baseline_z_tumour_dice_mean", "baseline_z_tumour_dice_mean_grown",
+    "baseline_z_voxel_auprc", "baseline_z_voxel_auprc_incl_motion", "baseline_z_tumour_dice_mean",
+    "baseline_z_tumour_dice_mean_grown", "baseline_z_tumour_dice_mean_dilated",
     "baseline_lr_motion_auroc_mild",
     "baseline_lr_motion_auroc_moderate", "baseline_lr_motion_auroc_severe", "n",
 )  # fmt: skip

@@ -11,6 +11,7 @@ from neurocast.anomaly.iqm import IQMResult
 from neurocast.anomaly.maps import (
     anomaly_map,
     components,
+    dilated_mask,
     eroded_mask,
     grown_mask,
     remove_small_components,
@@ -82,6 +83,23 @@ def test_the_mask_grows_a_strong_cluster_into_its_faint_rim_only() -> None:
     assert np.array_equal(grown_mask(m, 0.8, 0.9, min_voxels=8), threshold_map(m, 0.8, 8))
     assert np.array_equal(grown_mask(m, 0.8, float("nan"), min_voxels=8), threshold_map(m, 0.8, 8))
     assert not grown_mask(m, 2.0, 0.3).any()
+
+
+def test_dilation_reaches_the_radius_in_mm_and_stays_within_the_limit() -> None:
+    m = np.zeros((11, 11, 11), bool)
+    m[5, 5, 5] = True
+    assert dilated_mask(m, 2.0, (2, 2, 2)).sum() == 7  # face neighbours only: diagonals are 2.8 mm
+    assert dilated_mask(m, 3.0, (2, 2, 2)).sum() == 19  # and the 12 edge neighbours (2.83 mm)
+    anisotropic = dilated_mask(m, 2.0, (1, 1, 3))  # 2 voxels in-plane, none through-plane
+    assert anisotropic[5, 3, 5] and anisotropic[3, 5, 5] and not anisotropic[5, 5, 4]
+    assert np.array_equal(dilated_mask(m, 0.0, (2, 2, 2)), m)
+    within = np.zeros_like(m)
+    within[:, :6] = True  # the dilation may not cross into y > 5
+    d = dilated_mask(m, 2.0, (2, 2, 2), within)
+    assert d.sum() == 6 and not d[5, 6, 5]
+    off = np.zeros_like(m)
+    off[0, 0, 0] = True
+    assert dilated_mask(off, 2.0, (2, 2, 2), within=~off)[0, 0, 0]  # the mask itself is kept
 
 
 def test_artefact_score_rises_with_diffuse_residual_and_ghosting() -> None:

@@ -295,31 +295,44 @@ def test_calibration_from_residual_maps_matches_calibration_from_scans(
         det.calibrate_residuals(rmaps, regions, iqms, groups=[1] * 6)
 
 
-def test_the_mask_is_the_lesion_clusters_grown_at_the_calibrated_lower_threshold(
+def test_the_mask_is_the_lesion_clusters_grown_at_the_calibrated_lower_threshold_then_dilated(
     tiny_detector, make_scan, blob_centre, tmp_path
 ) -> None:
-    from neurocast.anomaly.maps import grown_mask, threshold_map
+    from neurocast.anomaly.maps import dilated_mask, grown_mask, threshold_map
 
     det = tiny_detector
     cal = det.calibration_
     assert cal.grow_quantile == det.grow_quantile == 0.99
     assert cal.grow_threshold < cal.voxel_threshold
-    res = det.score(make_scan(22, blob=True))
+    assert det.mask_dilation_mm == 2.0  # the default: one voxel of the 2 mm grid
+    scan = make_scan(22, blob=True)
+    res = det.score(scan)
     core = threshold_map(res.anomaly_map, cal.voxel_threshold, det._min_voxels())
-    assert res.mask[blob_centre] and (res.mask >= core).all()
-    assert np.array_equal(res.mask, grown_mask(res.anomaly_map, cal.voxel_threshold, cal.grow_threshold, det._min_voxels()))
-    # a model card from before mask growth: no growth until it is calibrated again
+    grown = grown_mask(res.anomaly_map, cal.voxel_threshold, cal.grow_threshold, det._min_voxels())
+    assert res.mask[blob_centre] and (res.mask >= grown).all() and (grown >= core).all()
+    assert res.mask.sum() > grown.sum()  # the dilation added the grown clusters' rim
+    assert np.array_equal(res.mask, dilated_mask(grown, 2.0, (2.0, 2.0, 2.0), scan.brain_mask))
+    assert not (res.mask & ~scan.brain_mask).any()
+    # the lesion evidence reads the clusters, not the dilated mask
+    det.mask_dilation_mm = 0.0
+    undilated = det.score(scan)
+    det.mask_dilation_mm = 2.0
+    assert np.array_equal(undilated.mask, grown) and undilated.lesion_score == res.lesion_score
+    # a model card from before mask growth and dilation: neither until it is calibrated again
     path = det.save(tmp_path / "model")
     card = json.loads((path / "model_card.json").read_text())
-    del card["extra"]["anomaly"]["params"]["grow_quantile"]
+    for key in ("grow_quantile", "mask_dilation_mm"):
+        del card["extra"]["anomaly"]["params"][key]
     for key in ("grow_threshold", "grow_quantile"):
         del card["extra"]["anomaly"]["calibration"][key]
     (path / "model_card.json").write_text(json.dumps(card))
     old = AnomalyDetector.load(path)
-    assert old.grow_quantile is None
+    assert old.grow_quantile is None and old.mask_dilation_mm == 0.0
     assert np.array_equal(old.score(make_scan(22, blob=True)).mask, core)
     with pytest.raises(ValueError, match="grow_quantile"):
         AnomalyDetector(grow_quantile=0.9995)
+    with pytest.raises(ValueError, match="mask_dilation_mm"):
+        AnomalyDetector(mask_dilation_mm=-1.0)
 
 
 def test_level_scaling_leaves_a_scan_wide_raise_to_the_artefact_score(

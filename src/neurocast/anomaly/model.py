@@ -85,7 +85,7 @@ from neurocast.anomaly.calibration import (
     voxel_thresholds_from_maps,
 )
 from neurocast.anomaly.iqm import IQMResult
-from neurocast.anomaly.maps import Component, anomaly_map, eroded_mask, grown_mask
+from neurocast.anomaly.maps import Component, anomaly_map, dilated_mask, eroded_mask, grown_mask
 from neurocast.anomaly.normative import RULE as NORMATIVE_RULE
 from neurocast.anomaly.normative import NormativeMaps
 from neurocast.anomaly.scan import Scan
@@ -132,7 +132,7 @@ FORMAT_VERSION = 1
 _PARAMS = (
     "channels", "num_res_blocks", "noise_levels", "num_inference_steps", "n_steps", "batch_size",
     "lr", "warmup_steps", "prior_drop_prob", "min_brain_fraction", "erosion_mm", "median_size",
-    "min_component_mm3", "voxel_quantile", "grow_quantile", "fpr", "inference_batch_size", "inference_dtype", "seed",
+    "min_component_mm3", "voxel_quantile", "grow_quantile", "mask_dilation_mm", "fpr", "inference_batch_size", "inference_dtype", "seed",
     "mixed_precision", "normative", "normative_smoothing_mm", "normative_floor", "level_scaling",
     "draws", "average",
 )  # fmt: skip
@@ -287,6 +287,9 @@ class AnomalyDetector:
         grow_quantile: quantile of healthy map values the mask's clusters grow into
             (:func:`~neurocast.anomaly.maps.grown_mask`; ``None``: no growth, the mask is the
             clusters above the voxel threshold).
+        mask_dilation_mm: the grown mask is dilated by this radius (mm) inside the brain
+            (:func:`~neurocast.anomaly.maps.dilated_mask`; ``0``: no dilation). The lesion score
+            and the flags do not depend on it.
         fpr: per-scan false-positive rate of the calibration.
         inference_batch_size: slices per network call when reconstructing.
         inference_dtype: ``"bfloat16"`` (default) runs the network under ``torch.autocast`` in
@@ -322,6 +325,7 @@ class AnomalyDetector:
         min_component_mm3: float = 64.0,
         voxel_quantile: float = 0.999,
         grow_quantile: float | None = 0.99,
+        mask_dilation_mm: float = 2.0,
         fpr: float = 0.05,
         inference_batch_size: int = 32,
         inference_dtype: str = "bfloat16",
@@ -357,6 +361,9 @@ class AnomalyDetector:
                 f"grow_quantile must be in (0, voxel_quantile={self.voxel_quantile}) or None, got {grow_quantile}"
             )
         self.grow_quantile = None if grow_quantile is None else float(grow_quantile)
+        if not (math.isfinite(mask_dilation_mm) and mask_dilation_mm >= 0):
+            raise ValueError(f"mask_dilation_mm must be a finite number >= 0, got {mask_dilation_mm}")
+        self.mask_dilation_mm = float(mask_dilation_mm)
         self.fpr = float(fpr)
         self.inference_batch_size = int(inference_batch_size)
         if inference_dtype not in _DTYPES:
@@ -762,7 +769,7 @@ class AnomalyDetector:
         native = native_map(amap, scan) if scan.has_native else None
         return AnomalyResult(
             **{f.name: getattr(judged, f.name) for f in fields(ResidualJudgement)},
-            mask=self.mask_of(amap),
+            mask=self.mask_of(amap, within=scan.brain_mask),
             reconstruction=recon,
             grid=scan.grid,
             feature_z=feature_zscores(judged.features, cal.feature_reference),
@@ -772,14 +779,22 @@ class AnomalyDetector:
             seconds=time.perf_counter() - t0,
         )
 
-    def mask_of(self, anomaly_map: np.ndarray) -> np.ndarray:
+    def mask_of(self, anomaly_map: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
         """The binary anomaly mask of an anomaly map at the calibrated thresholds: the clusters
         above the voxel threshold (at least ``min_component_mm3``), grown into the connected
-        voxels above the grow threshold (:func:`~neurocast.anomaly.maps.grown_mask`)."""
+        voxels above the grow threshold (:func:`~neurocast.anomaly.maps.grown_mask`), then
+        dilated by ``mask_dilation_mm`` (:func:`~neurocast.anomaly.maps.dilated_mask`).
+
+        Args:
+            anomaly_map: ``(X, Y, Z)`` anomaly map on the detector's grid.
+            within: ``(X, Y, Z)`` bool, the scan's brain mask: the dilation stays inside it
+                (``None``: no limit).
+        """
         cal = getattr(self, "calibration_", None)
         if cal is None:
             raise RuntimeError("this AnomalyDetector is not calibrated: call calibrate() first")
-        return grown_mask(anomaly_map, cal.voxel_threshold, cal.grow_threshold, self._min_voxels())
+        grown = grown_mask(anomaly_map, cal.voxel_threshold, cal.grow_threshold, self._min_voxels())
+        return dilated_mask(grown, self.mask_dilation_mm, self.grid_.spacing_mm, within)
 
     def judge_residual(
         self, residual_map: np.ndarray, region: np.ndarray, iqms: IQMResult | None = None
@@ -891,6 +906,7 @@ class AnomalyDetector:
             raise CheckpointError(f"{p}: unknown detector settings in the model card: {unknown}")
         params.setdefault("grow_quantile", None)  # cards from before mask growth: none
         params.setdefault("level_scaling", False)  # nor level scaling
+        params.setdefault("mask_dilation_mm", 0.0)  # nor mask dilation
         det = cls(**params, device=device)
         det.model_ = load_backbone(p, device=device)
         det.config_ = det.model_.config

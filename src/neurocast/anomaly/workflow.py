@@ -10,7 +10,8 @@ sidecars (:class:`neurocast.io.derivatives.DerivativesWriter`). Per session, in
   the reconstruction residual standardised against the detector's healthy references, in healthy
   standard deviations; the sidecar's ``Units`` says which);
 * ``<prefix>_space-MNI152NLin2009aSym_res-2_desc-anomaly_mask.nii.gz``: the map above the
-  calibrated voxel threshold, small clusters removed (uint8);
+  calibrated voxel threshold, small clusters removed, grown into the voxels above the grow
+  threshold and dilated by the detector's ``mask_dilation_mm`` inside the brain (uint8);
 * ``<prefix>_space-T1w_desc-anomaly_map.nii.gz``: the map on the scan's own grid;
 * ``<prefix>_desc-qa.json``: flag, percentile, scores, clusters, IQMs (with the reasons of the
   undefined ones), the prior used, the preprocessing QC; written last, it marks the session done;
@@ -223,6 +224,8 @@ def _mask_description(det: AnomalyDetector, cal: Calibration) -> str:
     )
     if math.isfinite(cal.grow_threshold):
         text += f", grown into the connected voxels > {cal.grow_threshold:.4g} (grow threshold)"
+    if det.mask_dilation_mm > 0:
+        text += f", dilated by {det.mask_dilation_mm:g} mm inside the brain mask"
     return text
 
 

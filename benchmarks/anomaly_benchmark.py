@@ -637,10 +637,10 @@ def main(argv: list[str] | None = None) -> int:
         if r.tumour_present and os.path.isfile(r.tumour_truth):
             truth = np.asarray(nib.load(r.tumour_truth).dataobj) > 0
             brain = scans[r.key].brain_mask
-            both = r.artefact == "motion"
-            yv[both].append(truth[brain])
-            sv[both].append(maps[r.key][brain])
-            zv[both].append(z[brain])
+            with_motion = r.artefact == "motion"
+            yv[with_motion].append(truth[brain])
+            sv[with_motion].append(maps[r.key][brain])
+            zv[with_motion].append(z[brain])
             row["z_dice"] = dice(threshold_map(z, z_thr, min_vox), truth)
             z_mask = grown_mask(z, z_thr, z_grow, min_vox)
             row["z_dice_grown"] = dice(z_mask, truth)

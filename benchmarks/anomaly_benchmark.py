@@ -6,7 +6,9 @@ What it does (every stage caches its output under ``--work``, so a rerun only re
    ``train`` (healthy visits: no tumour, no artefact), ``calib`` (healthy, another seed),
    ``lrtrain`` (motion artefacts, for the logistic-regression baseline only) and ``test`` (a new
    seed: tumours of several sizes in half of the subjects, TorchIO motion of graded severity in
-   half of the visits, healthy visits otherwise).
+   half of the visits, healthy visits otherwise). ``--test-seed`` and ``--test-subjects`` draw
+   another test cohort with the same settings, to replicate the figures on new held-out subjects
+   with the same model and calibration.
 2. **Preprocess** every visit (:func:`neurocast.anomaly.prepare_scan`: N4, affine to the template,
    brain mask, normalisation, MRIQC metrics), and the shared real scans: the six healthy IXI
    adults (three for training, two for calibration, one held out) and the real glioblastoma at two
@@ -412,6 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--residual-map", action="store_true",
                     help="calibrate and score on the residual map, without the voxel-wise "
                          "standardisation against the references (the detector before 2026-12-06)")
+    ap.add_argument("--test-seed", type=int, default=None,
+                    help="simulate the test cohort at this seed instead of --seed + 404 (a "
+                         "replication on new held-out subjects; cohort and result files are "
+                         "then named test-sSEED-nN)")
+    ap.add_argument("--test-subjects", type=int, default=None,
+                    help="subjects in the test cohort (default by size: 30 full, 6 quick)")
     add_level_scaling_option(ap)
     ap.add_argument("--model", type=Path, default=None,
                     help="use this trained model folder (e.g. from anomaly_train.py) instead of "
@@ -440,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. cohorts
     healthy = dict(tumour_fraction=0.0, artefact_fraction=0.0)
+    test_seed = args.seed + 404 if args.test_seed is None else args.test_seed
+    test_n = size["test"] if args.test_subjects is None else args.test_subjects
+    replication = args.test_seed is not None or args.test_subjects is not None
+    test_name = f"test-s{test_seed}-n{test_n}" if replication else "test"
     motion = dict(artefact_types={"motion": 1.0},
                   artefact_severities={"mild": 1 / 3, "moderate": 1 / 3, "severe": 1 / 3})  # fmt: skip
     train_cohort = simulate(work, "train", size["train"], args.seed + 101, size["grid"], size["visits"], **healthy)
@@ -452,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         simulate(work, "calib", size["calib"], args.seed + 202, size["grid"], size["visits"], **healthy),
         simulate(work, "lrtrain", size["lrtrain"], args.seed + 303, size["grid"], size["visits"],
                  tumour_fraction=0.0, artefact_fraction=0.6, **motion),
-        simulate(work, "test", size["test"], args.seed + 404, size["grid"], size["visits"],
+        simulate(work, test_name, test_n, test_seed, size["grid"], size["visits"],
                  tumour_fraction=0.5, artefact_fraction=0.5, **motion),
     ] + ([simulate(work, "dev", size["dev"], args.seed + 505, size["grid"], size["visits"],
                    tumour_fraction=0.5, artefact_fraction=0.5, **motion)] if args.dev else [])
@@ -512,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     tag = (f"-{args.model.name}" if args.model is not None else "") + ("-residual" if args.residual_map else "")
     tag += LEVEL_SCALING_TAGS[args.level_scaling]
     model_dir = work / f"model{tag}"
+    if replication:  # the model and its calibration are shared; the test's files are not
+        tag += f"-{test_name}"
     kw = {}
     if args.noise_levels:
         kw["noise_levels"] = tuple(args.noise_levels)
@@ -559,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         f"artefact > {cal.artefact_threshold:.3g}, voxel > {cal.voxel_threshold:.3g}")  # fmt: skip
 
     # 4. score the test visits (prior = latest earlier visit flagged pass)
-    test = cohorts[cohorts["cohort"] == "test"].sort_values(["participant_id", "visit_index"])
+    test = cohorts[cohorts["cohort"] == test_name].sort_values(["participant_id", "visit_index"])
     rows = []
     maps: dict[str, np.ndarray] = {}
     for _, g in test.groupby("participant_id"):
@@ -593,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. metrics
     res: dict[str, Any] = {"size": "quick" if args.quick else "full", "steps": steps,
+                           "test_cohort": test_name, "test_seed": test_seed, "test_subjects": test_n,
                            "grid_mm": size["grid"], "detector": det.get_params(),
                            "calibration": {k: getattr(cal, k) for k in ("fpr", "lesion_threshold",
                            "artefact_threshold", "voxel_threshold", "n_references")}}  # fmt: skip

@@ -1,0 +1,214 @@
+"""CJV as MRIQC computes it (tissue cores, medians and MADs) against ours, in the artefact score.
+
+``neurocast.anomaly.iqm`` computes the coefficient of joint variation from the means and
+standard deviations of the whole k-means tissue classes. MRIQC's ``StructuralQC`` takes the
+medians and MADs of tissue masks eroded once (3 x 3 x 3, 18-connectivity) when every voxel is
+finer than 1.9 mm. On the benchmark's cohorts our CJV is higher on skull-stripped healthy scans
+than on whole-head ones, which puts skull-stripped healthy scans nearer the artefact threshold.
+This re-computes the CJV of the references and of the development cohorts under five
+definitions and scores the development visits' artefact score under each, re-calibrated on
+the references' residual maps (nothing is reconstructed again):
+
+* ``current``: mean and SD, whole classes (the package);
+* ``robust``: median and MAD, whole classes;
+* ``eroded``: mean and SD, classes eroded when voxels < 1.9 mm;
+* ``mriqc``: median and MAD, classes eroded when voxels < 1.9 mm (MRIQC);
+* ``mriqc_always``: median and MAD, classes always eroded.
+
+It needs the N4-corrected native image and native brain mask of each scan, which the benchmark's
+cache does not keep, so each scan is preprocessed again (one ITK thread, the benchmark's seed:
+the ``current`` CJV reproduces the cached one exactly) into ``--work/full/native``.
+
+Usage (on the cache of ``anomaly_benchmark.py`` and the residual maps of
+``anomaly_normative_dev.py``)::
+
+    python benchmarks/anomaly_cjv_variants.py --work W --model src/neurocast/weights/anomaly-demo \\
+        --out benchmarks/anomaly_cjv_variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.ndimage as ndi
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import anomaly_benchmark as B
+from anomaly_normative_dev import load_residual
+
+VARIANTS = {
+    "current": (False, "never"),
+    "robust": (True, "never"),
+    "eroded": (False, "fine"),
+    "mriqc": (True, "fine"),
+    "mriqc_always": (True, "always"),
+}
+"""Name -> (medians and MADs?, when the tissue classes are eroded)."""
+FINE_MM = 1.9
+"""MRIQC erodes the tissue masks when every voxel size is below this (mm)."""
+
+
+def cache_native(item: tuple[str, str, Path]) -> str:
+    """Preprocess one scan again and keep its native image and brain mask (``key`` back)."""
+    key, source, out_dir = item
+    out = out_dir / f"{key}.npz"
+    if out.is_file():
+        return key
+    import torch
+
+    from neurocast.registration.preprocess import preprocess_t1w
+    from neurocast.registration.template import working_grid
+    from neurocast.registration.threads import set_threads
+
+    set_threads(1)
+    torch.set_num_threads(1)
+    r = preprocess_t1w(source, grid=working_grid(2.0), seed=0, on_fail="report")
+    tmp = out.with_name(f".{key}.tmp.npz")
+    np.savez_compressed(
+        tmp,
+        native=np.asarray(r.native.dataobj, np.float32),
+        mask=np.asarray(r.native_brain_mask.dataobj) > 0,
+        zooms=np.array(r.native.header.get_zooms()[:3], float),
+    )
+    tmp.replace(out)
+    return key
+
+
+def cjv_variant(native: Path, robust: bool, erode: str) -> float:
+    """The CJV of one cached native scan under one definition (see the module docstring)."""
+    from neurocast.anomaly.iqm import robust_sd, segment_tissues
+
+    with np.load(native) as d:
+        x, brain, zooms = d["native"].astype(np.float64), d["mask"], d["zooms"]
+    tissues = segment_tissues(x, brain)
+    erode_now = erode == "always" or (erode == "fine" and bool(np.all(zooms < FINE_MM)))
+    stats = {}
+    for name, label in (("gm", 2), ("wm", 3)):
+        mask = tissues == label
+        if erode_now:
+            core = ndi.binary_erosion(mask, ndi.generate_binary_structure(3, 2))
+            mask = core if core.sum() >= 100 else mask
+        v = x[mask]
+        stats[name] = (
+            (float(np.median(v)), robust_sd(v)) if robust else (float(v.mean()), float(v.std()))
+        )
+    return (stats["wm"][1] + stats["gm"][1]) / abs(stats["wm"][0] - stats["gm"][0])
+
+
+def visit_kind(r: Any) -> str:
+    if r.tumour_present:
+        return "tumour"
+    return f"motion_{r.artefact_severity}" if str(r.artefact) == "motion" else "healthy"
+
+
+def evaluate(work: Path, det0: Any, refs: list[str], groups: list[str], visits: list[tuple[str, str]],
+             robust: bool, erode: str) -> tuple[dict[str, Any], pd.DataFrame]:  # fmt: skip
+    """Calibrate a copy of the detector with this CJV and score the visits' artefact score."""
+
+    def inputs(key: str) -> tuple[np.ndarray, np.ndarray, Any]:
+        rmap, region, iqms = load_residual(work, key)
+        iqms = copy.deepcopy(iqms)
+        iqms.values["cjv"] = cjv_variant(work / "native" / f"{key}.npz", robust, erode)
+        return rmap, region, iqms
+
+    det = copy.deepcopy(det0)
+    ref_inputs = [inputs(k) for k in refs]
+    det.calibrate_residuals(*map(list, zip(*ref_inputs, strict=True)), groups=groups)
+    rows = []
+    for key, kind in visits:
+        rmap, region, iqms = inputs(key)
+        j = det.judge_residual(rmap, region, iqms)
+        stripped = B.load_scan(work / "scans" / f"{key}.npz")[0].skull_stripped
+        rows.append(dict(key=key, kind=kind, skull_stripped=stripped, cjv=iqms.values["cjv"],
+                         artefact_score=j.artefact_score, flag=j.flag))  # fmt: skip
+    df = pd.DataFrame(rows)
+    healthy = df[df["kind"] == "healthy"]
+    res: dict[str, Any] = {"artefact_threshold": det.calibration_.artefact_threshold}
+    for sev in ("mild", "moderate", "severe"):
+        mo = df[df["kind"] == f"motion_{sev}"]
+        res[f"motion_auroc_{sev}"] = B.auroc(
+            list(mo["artefact_score"]), list(healthy["artefact_score"])
+        )
+        res[f"motion_{sev}_review_artefact"] = (
+            f"{int((mo['flag'] == 'review-artefact').sum())}/{len(mo)}"
+        )
+    res["healthy_flagged"] = f"{int((healthy['flag'] != 'pass').sum())}/{len(healthy)}"
+    for stripped, label in ((False, "whole_head"), (True, "skull_stripped")):
+        h = healthy[healthy["skull_stripped"] == stripped]
+        res[f"healthy_{label}_n"] = len(h)
+        res[f"healthy_{label}_cjv_median"] = float(h["cjv"].median())
+        res[f"healthy_{label}_artefact_score_median"] = float(h["artefact_score"].median())
+    return res, df
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="the anomaly benchmark's --work")
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--cohorts", nargs="+", default=["dev", "lrtrain"], help="cohorts scored")
+    ap.add_argument("--jobs", type=int, default=2, help="scans preprocessed at once")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from neurocast.anomaly import AnomalyDetector
+
+    work = args.work / "full"
+    (work / "native").mkdir(exist_ok=True)
+    calib = B.simulate(work, "calib", 0, 0, 2.0, (2, 3))  # cached cohorts: reads the truth table
+    refs = [f"calib_{r.participant_id}_{r.session_id}" for r in calib.itertuples()] + list(
+        B.IXI_CALIB
+    )
+    groups = [k.split("_")[1] for k in refs[: len(calib)]] + list(B.IXI_CALIB)
+    sources = dict(
+        zip(
+            refs,
+            list(calib["path"]) + [str(B.DATA / "ixi" / f"{n}_ds.nii.gz") for n in B.IXI_CALIB],
+            strict=True,
+        )
+    )
+    visits = []
+    for cohort in args.cohorts:
+        v = B.simulate(work, cohort, 0, 0, 2.0, (2, 3))
+        for r in v.itertuples():
+            key = f"{cohort}_{r.participant_id}_{r.session_id}"
+            if (work / "maps" / f"{key}.npz").is_file():
+                visits.append((key, visit_kind(r)))
+                sources[key] = r.path
+    todo = [
+        (k, s, work / "native")
+        for k, s in sources.items()
+        if not (work / "native" / f"{k}.npz").is_file()
+    ]
+    if todo:
+        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
+            for i, key in enumerate(pool.map(cache_native, todo), 1):
+                print(f"native {i}/{len(todo)} {key}", flush=True)
+
+    det0 = AnomalyDetector.load(args.model)
+    results, tables = {}, []
+    for name, (robust, erode) in VARIANTS.items():
+        results[name], df = evaluate(work, det0, refs, groups, visits, robust, erode)
+        tables.append(df.assign(variant=name))
+        print(name, json.dumps(results[name]), flush=True)
+    print(pd.DataFrame(results).T.to_string())
+    if args.out:
+        B.write_results(args.out, {
+            "command": "python benchmarks/anomaly_cjv_variants.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "model": str(args.model), "cohorts": args.cohorts, "references": len(refs),
+            "variants": results,
+            "visits": pd.concat(tables, ignore_index=True).round(4).to_dict(orient="records"),
+        })  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

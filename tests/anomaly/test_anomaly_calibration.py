@@ -69,9 +69,14 @@ def test_flags_percentiles_and_json_round_trip() -> None:
     assert cal.flag(9.0, 0.0) == "review-lesion"
     assert cal.flag(0.0, 9.0) == "review-artefact"
     assert cal.flag(9.0, 4.0) == "review-lesion"  # both above: the larger excess wins
+    assert cal.flag(4.0, 9.0) == "review-artefact"
     assert cal.flag(math.nan, 0.0) == "pass"
     verdict = cal.assess(9.0, 0.0)
     assert verdict["flag"] == "review-lesion" and verdict["percentile"] == 100.0
+    # every score over its threshold is named, whichever the flag names
+    assert cal.assess(9.0, 4.0)["over_threshold"] == ("lesion", "artefact")
+    assert cal.over_thresholds(0.0, 9.0) == ("artefact",) and cal.over_thresholds(0.0, 0.0) == ()
+    assert cal.over_thresholds(math.nan, math.nan) == ()
     assert percentile_of(0.0, [-1.0, 0.0, 1.0, 2.0]) == 50.0
     text = json.dumps(cal.to_dict())
     back = Calibration.from_dict(json.loads(text))

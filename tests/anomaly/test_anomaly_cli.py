@@ -183,6 +183,10 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path, _fast_preproc
     assert len(table) == 4 and set(table["flag"]) <= {"pass", "review-lesion", "review-artefact"}
     flagged = list(table["flag"] != "pass")
     assert flagged == sorted(flagged, reverse=True)  # flagged scans first
+    for r in table.itertuples():  # the flag names one of the scores over their thresholds
+        over = [] if pd.isna(r.over_threshold) else str(r.over_threshold).split(";")
+        assert (r.flag == "pass") == (not over)
+        assert r.flag == "pass" or r.flag.removeprefix("review-") in over
     record = json.loads((anat / "sub-001_ses-bl_desc-qa.json").read_text())
     assert record["row"]["used_prior"] is False and "iqms" in record["result"]
     # the lesion score and what it is made of: each reading over its healthy threshold

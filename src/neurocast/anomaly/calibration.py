@@ -168,10 +168,27 @@ class Calibration:
         spread = max(threshold - med, 1e-12)
         return (score - threshold) / spread
 
+    def over_thresholds(self, lesion: float, artefact: float) -> tuple[str, ...]:
+        """The scores above their calibrated thresholds: ``("lesion",)``, ``("artefact",)``,
+        ``("lesion", "artefact")`` or ``()``.
+
+        The flag names one score; this names every one. A strong motion artefact often raises
+        the lesion score over its threshold too (its residual is high everywhere), and the flag
+        then names the score with the larger excess.
+        """
+        out = []
+        if math.isfinite(lesion) and lesion > self.lesion_threshold:
+            out.append("lesion")
+        if math.isfinite(artefact) and artefact > self.artefact_threshold:
+            out.append("artefact")
+        return tuple(out)
+
     def flag(self, lesion: float, artefact: float) -> str:
         """``pass``, ``review-lesion`` or ``review-artefact`` for a scan's two scores.
 
-        An undefined (``NaN``) score never raises a flag on its own.
+        An undefined (``NaN``) score never raises a flag on its own. When both scores are above
+        their thresholds, the flag names the one further above, in units of its references'
+        spread (threshold minus median); :meth:`over_thresholds` names both.
         """
         les = math.isfinite(lesion) and lesion > self.lesion_threshold
         art = math.isfinite(artefact) and artefact > self.artefact_threshold
@@ -204,6 +221,7 @@ class Calibration:
             "percentile": pct,
             "lesion_percentile": pl,
             "artefact_percentile": pa,
+            "over_threshold": self.over_thresholds(lesion, artefact),
         }
 
     # ------------------------------------------------------------------ JSON

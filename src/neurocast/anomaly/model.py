@@ -194,6 +194,9 @@ class AnomalyResult(ResidualJudgement):
         used_prior: whether an earlier scan conditioned the reconstruction.
         native_map: the anomaly map resampled to the scan's native grid (``None`` without one).
         seconds: time spent (reconstruction and scoring).
+        over_threshold: the scores above their calibrated thresholds (``"lesion"``,
+            ``"artefact"``; :meth:`~neurocast.anomaly.calibration.Calibration.over_thresholds`):
+            the flag names one of them when both are.
     """
 
     mask: np.ndarray
@@ -204,6 +207,7 @@ class AnomalyResult(ResidualJudgement):
     used_prior: bool = False
     native_map: nib.Nifti1Image | None = None
     seconds: float = 0.0
+    over_threshold: tuple[str, ...] = ()
 
     def map_image(self) -> nib.Nifti1Image:
         """The anomaly map as a NIfTI image in template space."""
@@ -225,6 +229,7 @@ class AnomalyResult(ResidualJudgement):
 
         return {
             "flag": self.flag,
+            "over_threshold": list(self.over_threshold),
             "percentile": num(self.percentile),
             "lesion_score": num(self.lesion_score),
             "lesion_percentile": num(self.lesion_percentile),
@@ -777,6 +782,7 @@ class AnomalyDetector:
             used_prior=bool(use_prior and scan.has_prior),
             native_map=native,
             seconds=time.perf_counter() - t0,
+            over_threshold=cal.over_thresholds(judged.lesion_score, judged.artefact_score),
         )
 
     def mask_of(self, anomaly_map: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:

@@ -74,7 +74,7 @@ IQM_COLUMNS = ("cjv", "cnr", "snr_total", "snrd_total", "efc", "fber", "qi1", "w
 """IQMs copied into ``qa.tsv`` (all of them are in each session's ``desc-qa.json``)."""
 QA_COLUMNS = [
     "participant_id", "session_id", "flag", "percentile", "lesion_score", "lesion_percentile",
-    "artefact_score", "artefact_percentile", "anomaly_volume_mm3", "n_clusters",
+    "artefact_score", "artefact_percentile", "over_threshold", "anomaly_volume_mm3", "n_clusters",
     "largest_cluster_mm3", "used_prior", "prior_session_id", "skull_stripped",
     "preprocessing_passed", *IQM_COLUMNS, "iqm_undefined", "source",
 ]  # fmt: skip
@@ -168,6 +168,7 @@ def qa_row(
         "lesion_percentile": _num(result.lesion_percentile),
         "artefact_score": _num(result.artefact_score),
         "artefact_percentile": _num(result.artefact_percentile),
+        "over_threshold": ";".join(result.over_threshold) or None,
         "anomaly_volume_mm3": float(result.mask.sum() * result.grid.voxel_volume_mm3),
         "n_clusters": len(comps),
         "largest_cluster_mm3": comps[0].volume_mm3 if comps else 0.0,

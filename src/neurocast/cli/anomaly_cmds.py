@@ -100,8 +100,9 @@ def qa(
         import pandas as pd
 
         table = pd.read_csv(table_path, sep="\t", keep_default_na=False)
-        cols = ["participant_id", "session_id", "flag", "percentile", "lesion_score", "artefact_score"]
-        click.echo(table[cols].to_string(index=False))
+        cols = ["participant_id", "session_id", "flag", "percentile", "lesion_score", "artefact_score",
+                "over_threshold"]  # fmt: skip
+        click.echo(table[[c for c in cols if c in table.columns]].to_string(index=False))
     finish(summary)
 
 

@@ -484,9 +484,12 @@ def _qa_fields(rec: dict[str, Any]) -> dict[str, Any]:
         score_items += [(f"artefact evidence: {k} (robust z)", v) for k, v in feature_z.items()]
     iqms = pick("iqms") or pick("IQMs") or pick("image_quality")
     other: list[tuple[str, Any]] = []
-    for key in ("used_prior", "prior_session_id", "skull_stripped"):
-        if pick(key) is not None:
-            other.append((key, pick(key)))
+    for key in ("over_threshold", "used_prior", "prior_session_id", "skull_stripped"):
+        value = pick(key)
+        if isinstance(value, list):  # the scores above their thresholds
+            value = ", ".join(map(str, value)) or "none"
+        if value is not None:
+            other.append((key, value))
     if isinstance(rec.get("calibration"), dict):
         other += [(f"calibration {k}", v) for k, v in _flatten(rec["calibration"])]
     if isinstance(rec.get("preprocessing_qc"), dict):

@@ -203,3 +203,13 @@ def test_qa_scores_show_when_the_residual_was_scaled_down():
     assert fields["flag"] == "review-artefact"
     assert ("level_scale", 1.44) in fields["scores"]
     assert [k for k, _ in fields["scores"]][:2] == ["lesion_score", "artefact_score"]
+
+
+def test_qa_facts_name_every_score_over_its_threshold():
+    from neurocast.report.html import _qa_fields
+
+    rec = {"row": {"flag": "review-lesion", "over_threshold": "lesion;artefact"},
+           "result": {"lesion_score": 4.8, "artefact_score": 2.2, "over_threshold": ["lesion", "artefact"]}}  # fmt: skip
+    assert ("over_threshold", "lesion, artefact") in _qa_fields(rec)["other"]
+    rec["result"]["over_threshold"] = []  # a pass: nothing over
+    assert ("over_threshold", "none") in _qa_fields(rec)["other"]

@@ -277,10 +277,11 @@ def prepare_all(work: Path, jobs: dict[str, Any], grid_mm: float, seed: int, thr
     return {k: load_scan(work / "scans" / f"{k}.npz") for k in jobs if (work / "scans" / f"{k}.npz").is_file()}
 
 
-def healthy_cohort(work: Path, name: str, n: int, seed: int, threads: int, n_jobs: int) -> pd.DataFrame:
+def healthy_cohort(work: Path, name: str, n: int, seed: int, threads: int, n_jobs: int, **changes: Any) -> pd.DataFrame:
     """Simulate (or reuse) ``n`` healthy subjects as cohort ``name`` and preprocess (or reuse)
-    their visits; return the visits table with a ``key`` column (cohort_participant_session)."""
-    v = simulate(work, name, n, seed, 2.0, (2, 3), tumour_fraction=0.0, artefact_fraction=0.0)
+    their visits; return the visits table with a ``key`` column (cohort_participant_session).
+    ``changes`` are further :class:`~neurocast.simulate.SimulationConfig` settings."""
+    v = simulate(work, name, n, seed, 2.0, (2, 3), tumour_fraction=0.0, artefact_fraction=0.0, **changes)
     v["key"] = [f"{name}_{p}_{s}" for p, s in zip(v["participant_id"], v["session_id"], strict=True)]
     prepare_all(work, dict(zip(v["key"], v["path"], strict=True)), 2.0, 0, threads, n_jobs,
                 (0.82, 0.82, 6.0), lambda m: print(m, flush=True))  # fmt: skip

@@ -104,12 +104,6 @@ def cjv_variant(native: Path, robust: bool, erode: str) -> float:
     return (stats["wm"][1] + stats["gm"][1]) / abs(stats["wm"][0] - stats["gm"][0])
 
 
-def visit_kind(r: Any) -> str:
-    if r.tumour_present:
-        return "tumour"
-    return f"motion_{r.artefact_severity}" if str(r.artefact) == "motion" else "healthy"
-
-
 def evaluate(work: Path, det0: Any, refs: list[str], groups: list[str], visits: list[tuple[str, str]],
              robust: bool, erode: str) -> tuple[dict[str, Any], pd.DataFrame]:  # fmt: skip
     """Calibrate a copy of the detector with this CJV and score the visits' artefact score."""
@@ -181,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
         for r in v.itertuples():
             key = f"{cohort}_{r.participant_id}_{r.session_id}"
             if (work / "maps" / f"{key}.npz").is_file():
-                visits.append((key, visit_kind(r)))
+                visits.append(
+                    (
+                        key,
+                        B.visit_group(r.tumour_present, r.artefact, r.artefact_severity)
+                        or "tumour_and_motion",
+                    )
+                )
                 sources[key] = r.path
     todo = [
         (k, s, work / "native")

@@ -43,17 +43,13 @@ def score_set(
     """Simulate (or reuse) ``n`` healthy subjects with these protocols, preprocess (or reuse)
     and score their visits; one row per visit."""
     changes = {} if voxels is None else {"native_voxel_sizes": tuple(tuple(v) for v in voxels)}
-    v = B.simulate(
-        work, name, n, seed, 2.0, (2, 3), tumour_fraction=0.0, artefact_fraction=0.0, **changes
-    )
-    keys = [f"{name}_{p}_{s}" for p, s in zip(v["participant_id"], v["session_id"], strict=True)]
-    scans = B.prepare_all(work, dict(zip(keys, v["path"], strict=True)), 2.0, 0, jobs, jobs,
-                          (0.82, 0.82, 6.0), lambda m: print(m, flush=True))  # fmt: skip
+    v = B.healthy_cohort(work, name, n, seed, jobs, jobs, **changes)
     rows = []
-    for key in keys:
-        if key not in scans:
+    for key in v["key"]:
+        cached = work / "scans" / f"{key}.npz"
+        if not cached.is_file():  # its preprocessing failed (reported above)
             continue
-        scan = scans[key][0]
+        scan = B.load_scan(cached)[0]
         r = det.score(scan, use_prior=False)
         voxel = np.sqrt((scan.native_affine[:3, :3] ** 2).sum(axis=0))
         rows.append({

@@ -190,17 +190,12 @@ class Calibration:
         their thresholds, the flag names the one further above, in units of its references'
         spread (threshold minus median); :meth:`over_thresholds` names both.
         """
-        les = math.isfinite(lesion) and lesion > self.lesion_threshold
-        art = math.isfinite(artefact) and artefact > self.artefact_threshold
-        if les and art:
+        over = self.over_thresholds(lesion, artefact)
+        if len(over) == 2:
             el = self._excess(lesion, self.lesion_threshold, self.lesion_reference)
             ea = self._excess(artefact, self.artefact_threshold, self.artefact_reference)
             return "review-lesion" if el >= ea else "review-artefact"
-        if les:
-            return "review-lesion"
-        if art:
-            return "review-artefact"
-        return "pass"
+        return f"review-{over[0]}" if over else "pass"
 
     def assess(self, lesion: float, artefact: float) -> dict[str, Any]:
         """Flag, the percentile of the deciding score, and both percentiles.

@@ -595,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
                 tumour_and_motion=bool(r.tumour_present and r.artefact == "motion"),
                 skull_stripped=bool(scan.skull_stripped), used_prior=res.used_prior, qc_passed=qc_ok,
                 lesion=res.lesion_score, artefact=res.artefact_score, flag=res.flag,
+                largest_share=res.largest_share,
                 lesion_noprior=res0.lesion_score, artefact_noprior=res0.artefact_score,
                 flag_noprior=res0.flag, score_seconds=score_s, dice=float("nan"),
             ))  # fmt: skip

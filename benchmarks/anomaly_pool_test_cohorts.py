@@ -69,6 +69,7 @@ def figures(d: pd.DataFrame, n_boot: int) -> dict[str, Any]:
         "tumour_dice_mean": tumour_dice(d),
         "healthy_flagged": int((healthy["flag"] != "pass").sum()),
         "tumours_flagged": int((d.loc[d["kind"] == "tumour", "flag"] != "pass").sum()),
+        "tumours_review_lesion": int((d.loc[d["kind"] == "tumour", "flag"] == "review-lesion").sum()),
     }  # fmt: skip
     for s in SEVERITIES:
         out[f"motion_auroc_{s}"] = motion_auroc(d, s)
@@ -90,18 +91,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    parts = []
+    parts, both = [], []
     for i, path in enumerate(args.tables):
         t = pd.read_csv(path, sep="\t")
         t["cohort"] = path.stem
         t["subject"] = f"{i}:" + t["key"].str.split("_ses-").str[0]
-        parts.append(t[~t["tumour_and_motion"].astype(bool)])
+        mixed = t["tumour_and_motion"].astype(bool)
+        parts.append(t[~mixed])
+        both.append(t[mixed])
     pooled = pd.concat(parts, ignore_index=True)
     res: dict[str, Any] = {
         "command": "python benchmarks/anomaly_pool_test_cohorts.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "pooled": figures(pooled, args.bootstrap),
         "per_cohort": {t["cohort"].iloc[0]: figures(t, 0) for t in parts},
+    }
+    # tumour-plus-motion visits are left out of the figures; their flags are still worth a look
+    res["pooled"]["tumour_and_motion_flags"] = {
+        str(k): int(v) for k, v in pd.concat(both)["flag"].value_counts().items()
     }
     for name, val in res["pooled"].items():
         print(f"{name}: {val}")

@@ -77,6 +77,26 @@ def test_flags_percentiles_and_json_round_trip() -> None:
     assert cal.assess(9.0, 4.0)["over_threshold"] == ("lesion", "artefact")
     assert cal.over_thresholds(0.0, 9.0) == ("artefact",) and cal.over_thresholds(0.0, 0.0) == ()
     assert cal.over_thresholds(math.nan, math.nan) == ()
+
+
+def test_when_both_scores_are_over_the_largest_clusters_share_names_the_flag() -> None:
+    """A compact finding (one cluster holds most of the supra-threshold mass) is a lesion even
+    when the artefact score is further above its threshold; scattered evidence is an artefact."""
+    from neurocast.anomaly.calibration import COMPACT_SHARE
+
+    rng = np.random.default_rng(1)
+    cal = calibrate_scores(rng.normal(size=200), rng.normal(size=200), fpr=0.05)
+    assert cal.flag(4.0, 9.0, largest_share=0.9) == "review-lesion"
+    assert cal.flag(9.0, 4.0, largest_share=0.2) == "review-artefact"
+    assert cal.flag(4.0, 9.0, largest_share=COMPACT_SHARE) == "review-lesion"
+    assert cal.assess(9.0, 4.0, 0.2)["flag"] == "review-artefact"
+    assert cal.assess(9.0, 4.0, 0.2)["percentile"] == cal.artefact_percentile(4.0)
+    # without a share (or an undefined one) the larger excess decides, as before
+    assert cal.flag(9.0, 4.0, largest_share=math.nan) == cal.flag(9.0, 4.0) == "review-lesion"
+    # the share only names the flag: it never raises or clears one
+    assert cal.flag(9.0, 0.0, largest_share=0.1) == "review-lesion"
+    assert cal.flag(0.0, 9.0, largest_share=0.9) == "review-artefact"
+    assert cal.flag(0.0, 0.0, largest_share=0.1) == "pass"
     assert percentile_of(0.0, [-1.0, 0.0, 1.0, 2.0]) == 50.0
     text = json.dumps(cal.to_dict())
     back = Calibration.from_dict(json.loads(text))

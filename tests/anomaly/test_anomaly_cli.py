@@ -187,8 +187,13 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path, _fast_preproc
         over = [] if pd.isna(r.over_threshold) else str(r.over_threshold).split(";")
         assert (r.flag == "pass") == (not over)
         assert r.flag == "pass" or r.flag.removeprefix("review-") in over
+        if len(over) == 2:  # both over: a compact finding is a lesion, scattered evidence an artefact
+            assert (r.flag == "review-lesion") == (r.largest_cluster_share >= 0.5)
+        assert pd.isna(r.largest_cluster_share) == (r.n_clusters == 0)
     record = json.loads((anat / "sub-001_ses-bl_desc-qa.json").read_text())
     assert record["row"]["used_prior"] is False and "iqms" in record["result"]
+    share, row_share = record["result"]["largest_cluster_share"], record["row"]["largest_cluster_share"]
+    assert (share is None and row_share is None) or share == pytest.approx(row_share)
     # the lesion score and what it is made of: each reading over its healthy threshold
     scales, evidence = record["calibration"]["lesion_scales"], record["result"]["lesion_evidence"]
     assert record["result"]["lesion_score"] == pytest.approx(

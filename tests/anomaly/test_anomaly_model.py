@@ -425,3 +425,37 @@ def test_a_spot_too_small_for_a_cluster_is_lesion_evidence_by_its_peak(tiny_dete
     old = AnomalyDetector.load(tmp_path / "peak")
     assert old.calibration_.lesion_scales is None
     assert old.judge_residual(spot, region).lesion_score == pytest.approx(judged.lesion_evidence["mass"])
+
+
+def test_scattered_evidence_over_both_thresholds_is_flagged_as_an_artefact(
+    tiny_detector, make_scan, tmp_path
+) -> None:
+    """Strong motion scatters its excess over many clusters and raises the diffuse residual too; a
+    tumour leaves one cluster. When both scores are over their thresholds, the largest cluster's
+    share of the supra-threshold mass names the flag."""
+    from neurocast.anomaly.calibration import COMPACT_SHARE
+    from neurocast.anomaly.scores import largest_cluster_share
+
+    det = AnomalyDetector.load(tiny_detector.save(tmp_path / "model"))
+    refs = [make_scan(100 + i) for i in range(6)]
+    rmaps = [det.residual_map(s)[0] for s in refs]
+    regions = [det.region(s) for s in refs]
+    cal = det.calibrate_residuals(rmaps, regions, [s.iqms for s in refs]).calibration_
+
+    scan = make_scan(31)
+    rmap, region = det.residual_map(scan)[0], det.region(scan)
+    high = 20.0 * float(rmap[region].max())
+    scattered, compact = rmap.copy(), rmap.copy()
+    for n, (x, y) in enumerate((x, y) for x in (3, 6, 9, 12) for y in (3, 6, 9, 12)):
+        z = 2 + 2 * (n % 2)
+        scattered[x, y, z : z + 2] += high  # 16 spots of two voxels, two voxels apart
+    compact[6:9, 6:9, 3:5] += high  # one block of 18 voxels
+    judged = {name: det.judge_residual(m, region) for name, m in (("scattered", scattered), ("compact", compact))}
+    for j in judged.values():
+        assert cal.over_thresholds(j.lesion_score, j.artefact_score) == ("lesion", "artefact")
+        assert j.largest_share == pytest.approx(largest_cluster_share(j.components))
+    assert len(judged["scattered"].components) > 1 and judged["scattered"].largest_share < COMPACT_SHARE
+    assert judged["scattered"].flag == "review-artefact"
+    # the larger excess alone would have called it a lesion: its clusters are far above threshold
+    assert cal.flag(judged["scattered"].lesion_score, judged["scattered"].artefact_score) == "review-lesion"
+    assert judged["compact"].largest_share >= COMPACT_SHARE and judged["compact"].flag == "review-lesion"

@@ -19,8 +19,13 @@ for the binary mask (hysteresis thresholding, :func:`neurocast.anomaly.maps.grow
 lesion's faint rim is part of it, a faint patch with no strong core is not.
 
 Flags: ``pass``; ``review-lesion`` (lesion score above its threshold); ``review-artefact``
-(artefact score above its threshold). When both are above, the one exceeding its threshold by
-more, relative to the spread between the reference median and the threshold, wins. Each scan
+(artefact score above its threshold). When both are above and the caller gives the share of the
+supra-threshold mass that the largest cluster holds
+(:func:`neurocast.anomaly.scores.largest_cluster_share`, as the detector does), the flag names the
+lesion where that share is at least :data:`COMPACT_SHARE` (one compact finding) and the artefact
+otherwise (evidence scattered over many clusters: motion). Without the share, the score exceeding
+its threshold by more, relative to the spread between the reference median and the threshold,
+wins. The pass / flag decision itself never depends on the share. Each scan
 also gets the **percentile** of its scores among the references (share of references at or below
 it, in %).
 
@@ -46,6 +51,12 @@ import numpy as np
 
 FLAGS = ("pass", "review-lesion", "review-artefact")
 """The flags a scan can get."""
+COMPACT_SHARE = 0.5
+"""When both scores are over their thresholds, the flag names the lesion if the largest cluster
+holds at least this share of the supra-threshold mass, else the artefact. Chosen on the benchmark's
+development cohorts before any test cohort was scored with it (``BENCHMARKS.md``, session 25):
+there, the tumour visits with both scores over had shares of 0.84-1.00 and three of four
+severe-motion visits 0.20-0.37 (the fourth 0.59)."""
 
 
 def per_score_rate(fpr: float, n_scores: int = 2) -> float:
@@ -172,9 +183,9 @@ class Calibration:
         """The scores above their calibrated thresholds: ``("lesion",)``, ``("artefact",)``,
         ``("lesion", "artefact")`` or ``()``.
 
-        The flag names one score; this names every one. A strong motion artefact often raises
-        the lesion score over its threshold too (its residual is high everywhere), and the flag
-        then names the score with the larger excess.
+        The flag names one score (:meth:`flag` says which); this names every one. A strong motion
+        artefact often raises the lesion score over its threshold too (its residual is high
+        everywhere).
         """
         out = []
         if math.isfinite(lesion) and lesion > self.lesion_threshold:
@@ -183,26 +194,35 @@ class Calibration:
             out.append("artefact")
         return tuple(out)
 
-    def flag(self, lesion: float, artefact: float) -> str:
+    def flag(self, lesion: float, artefact: float, largest_share: float | None = None) -> str:
         """``pass``, ``review-lesion`` or ``review-artefact`` for a scan's two scores.
 
         An undefined (``NaN``) score never raises a flag on its own. When both scores are above
-        their thresholds, the flag names the one further above, in units of its references'
-        spread (threshold minus median); :meth:`over_thresholds` names both.
+        their thresholds (:meth:`over_thresholds` names both), the flag names:
+
+        * with ``largest_share`` (the share of the supra-threshold mass in the largest cluster,
+          :func:`~neurocast.anomaly.scores.largest_cluster_share`): the lesion when it is at
+          least :data:`COMPACT_SHARE`, else the artefact;
+        * without it (``None`` or ``NaN``): the score further above its threshold, in units of
+          its references' spread (threshold minus median).
         """
         over = self.over_thresholds(lesion, artefact)
         if len(over) == 2:
+            if largest_share is not None and math.isfinite(largest_share):
+                return "review-lesion" if largest_share >= COMPACT_SHARE else "review-artefact"
             el = self._excess(lesion, self.lesion_threshold, self.lesion_reference)
             ea = self._excess(artefact, self.artefact_threshold, self.artefact_reference)
             return "review-lesion" if el >= ea else "review-artefact"
         return f"review-{over[0]}" if over else "pass"
 
-    def assess(self, lesion: float, artefact: float) -> dict[str, Any]:
-        """Flag, the percentile of the deciding score, and both percentiles.
+    def assess(
+        self, lesion: float, artefact: float, largest_share: float | None = None
+    ) -> dict[str, Any]:
+        """Flag (:meth:`flag`), the percentile of the deciding score, and both percentiles.
 
         The deciding score is the flagged one; for ``pass``, the one with the higher percentile.
         """
-        flag = self.flag(lesion, artefact)
+        flag = self.flag(lesion, artefact, largest_share)
         pl, pa = self.lesion_percentile(lesion), self.artefact_percentile(artefact)
         if flag == "review-lesion":
             pct = pl

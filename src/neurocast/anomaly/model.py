@@ -97,6 +97,7 @@ from neurocast.anomaly.scores import (
     artefact_score,
     combined_lesion_score,
     feature_zscores,
+    largest_cluster_share,
     leave_one_out_artefact_scores,
     lesion_evidence,
     level_scale,
@@ -163,6 +164,9 @@ class ResidualJudgement:
             (:func:`~neurocast.anomaly.scores.level_scale`; 1 without ``level_scaling``).
         lesion_evidence: the readings the lesion score combines: ``mass`` of the largest cluster
             and ``peak`` of the map (:func:`~neurocast.anomaly.scores.lesion_evidence`).
+        largest_share: the share (0-1) of the clusters' mass in the largest one
+            (:func:`~neurocast.anomaly.scores.largest_cluster_share`; ``NaN`` without clusters):
+            when both scores are over their thresholds, it decides which one the flag names.
     """
 
     anomaly_map: np.ndarray
@@ -176,6 +180,7 @@ class ResidualJudgement:
     artefact_percentile: float
     level_scale: float
     lesion_evidence: dict[str, float]
+    largest_share: float
 
 
 @dataclass
@@ -238,6 +243,7 @@ class AnomalyResult(ResidualJudgement):
             "anomaly_volume_mm3": float(self.mask.sum() * self.grid.voxel_volume_mm3),
             "level_scale": num(self.level_scale),
             "lesion_evidence": summarise(self.lesion_evidence),
+            "largest_cluster_share": num(self.largest_share),
             "used_prior": self.used_prior,
             "artefact_features": summarise(self.features),
             "artefact_feature_z": summarise(self.feature_z),
@@ -828,7 +834,8 @@ class AnomalyDetector:
         )
         les = evidence["mass"] if cal.lesion_scales is None else combined_lesion_score(evidence, cal.lesion_scales)
         art = artefact_score(feats, cal.feature_reference)
-        verdict = cal.assess(les, art)
+        share = largest_cluster_share(comps)
+        verdict = cal.assess(les, art, share)
         return ResidualJudgement(
             anomaly_map=amap,
             components=comps,
@@ -841,6 +848,7 @@ class AnomalyDetector:
             artefact_percentile=verdict["artefact_percentile"],
             level_scale=float(scale),
             lesion_evidence=evidence,
+            largest_share=share,
         )
 
     # ------------------------------------------------------------------ save / load

@@ -25,6 +25,13 @@ A scan whose residual is raised everywhere beyond every healthy reference (anoth
 motion) would raise its clusters and its peak too; the detector first divides such a map by
 :func:`level_scale`, so that the lesion evidence reads local excess only.
 
+**How compact the evidence is** (:func:`largest_cluster_share`): the share of the supra-threshold
+mass that the largest cluster holds. A tumour's map is one dominant cluster (share 0.84-1.00 on
+the development tumours whose artefact score was also over its threshold); severe motion scatters
+its excess over dozens of clusters (0.20-0.59). When both scores are over their thresholds the
+flag names the lesion only where the share is at least ``Calibration``'s ``COMPACT_SHARE``
+(:meth:`neurocast.anomaly.calibration.Calibration.flag`).
+
 **Artefact score** (:func:`artefact_score`): motion, ghosting and spikes spread over the whole
 image. The evidence, each oriented so that larger means worse (:func:`artefact_features`):
 
@@ -163,6 +170,23 @@ def lesion_evidence(
         "mass": comps[0].mass if comps else 0.0,
         "peak": float(inside.max()) if inside.size else 0.0,
     }, comps
+
+
+def largest_cluster_share(clusters: Sequence[Component]) -> float:
+    """The share (0-1) of the clusters' total mass that the largest cluster holds.
+
+    Near 1 for one compact finding (a tumour), low when the supra-threshold evidence is spread over
+    many clusters (motion). ``NaN`` without clusters.
+
+    Example:
+        >>> from neurocast.anomaly.maps import Component
+        >>> largest_cluster_share([Component(8, 64.0, 30.0, 2.0, (0, 0, 0)),
+        ...                        Component(4, 32.0, 10.0, 1.0, (5, 5, 5))])
+        0.75
+    """
+    masses = [float(c.mass) for c in clusters]
+    total = sum(masses)
+    return max(masses) / total if masses and total > 0 else math.nan
 
 
 def combined_lesion_score(evidence: Mapping[str, float], scales: Mapping[str, float]) -> float:

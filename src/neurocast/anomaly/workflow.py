@@ -75,7 +75,7 @@ IQM_COLUMNS = ("cjv", "cnr", "snr_total", "snrd_total", "efc", "fber", "qi1", "w
 QA_COLUMNS = [
     "participant_id", "session_id", "flag", "percentile", "lesion_score", "lesion_percentile",
     "artefact_score", "artefact_percentile", "over_threshold", "anomaly_volume_mm3", "n_clusters",
-    "largest_cluster_mm3", "used_prior", "prior_session_id", "skull_stripped",
+    "largest_cluster_mm3", "largest_cluster_share", "used_prior", "prior_session_id", "skull_stripped",
     "preprocessing_passed", *IQM_COLUMNS, "iqm_undefined", "source",
 ]  # fmt: skip
 """Columns of ``qa.tsv``, in order."""
@@ -172,6 +172,7 @@ def qa_row(
         "anomaly_volume_mm3": float(result.mask.sum() * result.grid.voxel_volume_mm3),
         "n_clusters": len(comps),
         "largest_cluster_mm3": comps[0].volume_mm3 if comps else 0.0,
+        "largest_cluster_share": _num(result.largest_share),
         "used_prior": bool(result.used_prior),
         "prior_session_id": prior_session_id,
         "skull_stripped": scan.skull_stripped,

@@ -447,10 +447,13 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 QA_SCORE_KEYS = (
     "lesion_score", "lesion_percentile", "artefact_score", "artefact_percentile",
-    "anomaly_volume_mm3", "n_clusters", "largest_cluster_mm3", "level_scale",
+    "anomaly_volume_mm3", "n_clusters", "largest_cluster_mm3", "largest_cluster_share",
+    "level_scale",
 )  # fmt: skip
 """Scores of a QA record shown first (as written by ``neurocast.anomaly.workflow``); ``level_scale``
-above 1 says the scan's residual was raised all over, beyond every healthy reference."""
+above 1 says the scan's residual was raised all over, beyond every healthy reference, and a low
+``largest_cluster_share`` that the supra-threshold evidence is scattered (motion) rather than one
+compact finding."""
 
 
 def _qa_fields(rec: dict[str, Any]) -> dict[str, Any]:

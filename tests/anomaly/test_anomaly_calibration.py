@@ -77,6 +77,19 @@ def test_flags_percentiles_and_json_round_trip() -> None:
     assert cal.assess(9.0, 4.0)["over_threshold"] == ("lesion", "artefact")
     assert cal.over_thresholds(0.0, 9.0) == ("artefact",) and cal.over_thresholds(0.0, 0.0) == ()
     assert cal.over_thresholds(math.nan, math.nan) == ()
+    assert percentile_of(0.0, [-1.0, 0.0, 1.0, 2.0]) == 50.0
+    text = json.dumps(cal.to_dict())
+    back = Calibration.from_dict(json.loads(text))
+    assert back.to_dict() == cal.to_dict() and math.isnan(back.grow_threshold)  # NaN != NaN
+    grown = calibrate_scores([0.0, 1.0], [0.0, 1.0], voxel_threshold=0.3, voxel_quantile=0.999,
+                             grow_threshold=0.2, grow_quantile=0.99,
+                             lesion_scales={"mass": 4400.0, "peak": 17.7})  # fmt: skip
+    assert Calibration.from_dict(json.loads(json.dumps(grown.to_dict()))) == grown
+    assert grown.lesion_scales == {"mass": 4400.0, "peak": 17.7} and cal.lesion_scales is None
+    # a calibration written before mask growth reads back without it
+    old = {k: v for k, v in grown.to_dict().items() if not k.startswith("grow_") and k != "lesion_scales"}
+    assert math.isnan(Calibration.from_dict(old).grow_threshold)
+    assert Calibration.from_dict(old).lesion_scales is None  # nor the peak
 
 
 def test_when_both_scores_are_over_the_largest_clusters_share_names_the_flag() -> None:
@@ -97,19 +110,6 @@ def test_when_both_scores_are_over_the_largest_clusters_share_names_the_flag() -
     assert cal.flag(9.0, 0.0, largest_share=0.1) == "review-lesion"
     assert cal.flag(0.0, 9.0, largest_share=0.9) == "review-artefact"
     assert cal.flag(0.0, 0.0, largest_share=0.1) == "pass"
-    assert percentile_of(0.0, [-1.0, 0.0, 1.0, 2.0]) == 50.0
-    text = json.dumps(cal.to_dict())
-    back = Calibration.from_dict(json.loads(text))
-    assert back.to_dict() == cal.to_dict() and math.isnan(back.grow_threshold)  # NaN != NaN
-    grown = calibrate_scores([0.0, 1.0], [0.0, 1.0], voxel_threshold=0.3, voxel_quantile=0.999,
-                             grow_threshold=0.2, grow_quantile=0.99,
-                             lesion_scales={"mass": 4400.0, "peak": 17.7})  # fmt: skip
-    assert Calibration.from_dict(json.loads(json.dumps(grown.to_dict()))) == grown
-    assert grown.lesion_scales == {"mass": 4400.0, "peak": 17.7} and cal.lesion_scales is None
-    # a calibration written before mask growth reads back without it
-    old = {k: v for k, v in grown.to_dict().items() if not k.startswith("grow_") and k != "lesion_scales"}
-    assert math.isnan(Calibration.from_dict(old).grow_threshold)
-    assert Calibration.from_dict(old).lesion_scales is None  # nor the peak
 
 
 def test_voxel_threshold_is_a_quantile_of_healthy_map_values() -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from neurocast.anomaly.calibration import COMPACT_SHARE
 from neurocast.cli.main import cli
 
 SIM_CONFIG = {
@@ -188,7 +189,7 @@ def test_train_then_screen_a_simulated_dataset(datasets, tmp_path, _fast_preproc
         assert (r.flag == "pass") == (not over)
         assert r.flag == "pass" or r.flag.removeprefix("review-") in over
         if len(over) == 2:  # both over: a compact finding is a lesion, scattered evidence an artefact
-            assert (r.flag == "review-lesion") == (r.largest_cluster_share >= 0.5)
+            assert (r.flag == "review-lesion") == (r.largest_cluster_share >= COMPACT_SHARE)
         assert pd.isna(r.largest_cluster_share) == (r.n_clusters == 0)
     record = json.loads((anat / "sub-001_ses-bl_desc-qa.json").read_text())
     assert record["row"]["used_prior"] is False and "iqms" in record["result"]

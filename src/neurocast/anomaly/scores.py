@@ -29,7 +29,8 @@ motion) would raise its clusters and its peak too; the detector first divides su
 mass that the largest cluster holds. A tumour's map is one dominant cluster (share 0.84-1.00 on
 the development tumours whose artefact score was also over its threshold); severe motion scatters
 its excess over dozens of clusters (0.20-0.59). When both scores are over their thresholds the
-flag names the lesion only where the share is at least ``Calibration``'s ``COMPACT_SHARE``
+flag names the lesion only where the share is at least
+:data:`neurocast.anomaly.calibration.COMPACT_SHARE` (0.5), and the artefact otherwise
 (:meth:`neurocast.anomaly.calibration.Calibration.flag`).
 
 **Artefact score** (:func:`artefact_score`): motion, ghosting and spikes spread over the whole

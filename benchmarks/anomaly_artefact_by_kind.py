@@ -9,7 +9,7 @@ reference set: the shipped one plus the cached ``healthy2`` cohort (healthy visi
 test cohort). The other kind is the conditioning: a reconstruction from the subject's earlier
 scan leaves about half the residual of one without, whatever the cohort, so a healthy baseline
 scores like a follow-up with motion against pooled statistics. Whether a cached visit had an
-earlier scan follows the rule ``anomaly_normative_dev.py`` cached it with.
+earlier scan follows the rule ``anomaly_normative_dev.py`` cached it with (``visit_priors``).
 
 Everything is computed from the cached residual maps and IQMs (the artefact features read the
 residual map itself, not the normative map), so nothing is reconstructed. For each reference set
@@ -44,7 +44,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anomaly_benchmark as B
-from anomaly_normative_dev import load_residual
+from anomaly_normative_dev import load_residual, visit_priors
 
 SEVERITIES = ("mild", "moderate", "severe")
 
@@ -61,24 +61,6 @@ def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
     stripped = bool(B.load_scan(work / "scans" / f"{key}.npz")[0].skull_stripped)
     feats = artefact_features(rmap, region, iqms)
     return {"key": key, "stripped": stripped, "prior": prior, "features": feats}
-
-
-def had_prior(work: Path, cohort: pd.DataFrame, name: str) -> dict[str, bool]:
-    """Whether each cached visit's residual map was conditioned on an earlier scan: the rule of
-    ``anomaly_normative_dev.py`` (the subject's latest earlier visit without tumour or motion)."""
-    out = {}
-    for _, g in cohort.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
-        prev = False
-        for r in g.itertuples():
-            key = f"{name}_{r.participant_id}_{r.session_id}"
-            path = work / "scans" / f"{key}.npz"
-            if not path.is_file() or not B.load_scan(path)[0].qc.get("passed", True):
-                prev = False
-                continue
-            out[key] = prev
-            if not (r.tumour_present or str(r.artefact) == "motion"):
-                prev = True
-    return out
 
 
 def kind_statistics(
@@ -154,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def cohort_visits(name: str) -> list[tuple[dict[str, Any], Any]]:
         table = B.simulate(work, name, 0, 0, 2.0, (2, 3))
-        prior = had_prior(work, table, name)
-        keys = [(f"{name}_{r.participant_id}_{r.session_id}", r) for r in table.itertuples()]
-        return [(visit_features(work, k, prior[k]), r) for k, r in keys
-                if k in prior and (work / "maps" / f"{k}.npz").is_file()]  # fmt: skip
+        table["key"] = [f"{name}_{r.participant_id}_{r.session_id}" for r in table.itertuples()]
+        prior = visit_priors(work, table)
+        return [(visit_features(work, r.key, prior[r.key] is not None), r) for r in table.itertuples()
+                if r.key in prior and (work / "maps" / f"{r.key}.npz").is_file()]  # fmt: skip
 
     shipped = [v for v, _ in cohort_visits("calib")]
     shipped_groups = [v["key"].split("_")[1] for v in shipped]

@@ -82,25 +82,38 @@ def residual_maps(
         v = B.simulate(work, cohort, 0, 0, 2.0, (2, 3))  # cached: reads the truth table
         v["key"] = [f"{cohort}_{r.participant_id}_{r.session_id}" for r in v.itertuples()]
         v["motion"] = v["artefact"].astype(str) == "motion"
-        for _, g in v.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
-            prev = None
-            for r in g.itertuples():
-                if not (work / "scans" / f"{r.key}.npz").is_file():
-                    prev = None
-                    continue
-                s = scan(r.key)
-                if not s.qc.get("passed", True):
-                    prev = None
-                    continue
-                save(r.key, s.with_prior(prev) if prev is not None else s)
-                if not (r.tumour_present or r.motion):
-                    prev = s
+        for key, prior in visit_priors(work, v).items():
+            s = scan(key)
+            save(key, s.with_prior(scan(prior)) if prior is not None else s)
         tables.append(v[[(out / f"{k}.npz").is_file() for k in v["key"]]])
     refs = [k for k in tables[0]["key"]] + list(B.IXI_CALIB)
     for key in list(B.IXI_CALIB) + list(REAL):
         if (work / "scans" / f"{key}.npz").is_file():
             save(key, scan(key))
     return pd.concat(tables[1:], ignore_index=True), refs
+
+
+def visit_priors(work: Path, visits: pd.DataFrame) -> dict[str, str | None]:
+    """The prior of each cached visit whose preprocessing passed (``key`` -> the prior's key, or
+    ``None``): its subject's latest earlier visit without tumour or motion (the truth), counted
+    from the last visit that was missing or failed its preprocessing.
+
+    Args:
+        work: the benchmark's ``work/full`` folder (``scans`` inside).
+        visits: a cohort's truth table with a ``key`` column (``COHORT_sub-X_ses-Y``).
+    """
+    out: dict[str, str | None] = {}
+    for _, g in visits.sort_values(["participant_id", "visit_index"]).groupby("participant_id"):
+        prev = None
+        for r in g.itertuples():
+            path = work / "scans" / f"{r.key}.npz"
+            if not path.is_file() or not B.load_scan(path)[0].qc.get("passed", True):
+                prev = None
+                continue
+            out[r.key] = prev
+            if not (r.tumour_present or str(r.artefact) == "motion"):
+                prev = r.key
+    return out
 
 
 def load_residual(work: Path, key: str) -> tuple[np.ndarray, np.ndarray, Any]:

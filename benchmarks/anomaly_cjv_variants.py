@@ -1,29 +1,41 @@
 """CJV as MRIQC computes it (tissue cores, medians and MADs) against ours, in the artefact score.
 
-``neurocast.anomaly.iqm`` computes the coefficient of joint variation from the means and
-standard deviations of the whole k-means tissue classes. MRIQC's ``StructuralQC`` takes the
-medians and MADs of tissue masks eroded once (3 x 3 x 3, 18-connectivity) when every voxel is
-finer than 1.9 mm. On the benchmark's cohorts our CJV is higher on skull-stripped healthy scans
-than on whole-head ones, which puts skull-stripped healthy scans nearer the artefact threshold.
-This re-computes the CJV of the references and of the development cohorts under five
-definitions and scores the development visits' artefact score under each, re-calibrated on
+Until session 26 ``neurocast.anomaly.iqm`` computed the coefficient of joint variation from the
+means and standard deviations of k-means tissue classes over the whole brain mask. MRIQC's
+``StructuralQC`` takes the medians and MADs of tissue masks eroded once (3 x 3 x 3,
+18-connectivity) when every voxel is finer than 1.9 mm. On the benchmark's cohorts the
+whole-mask CJV is higher on skull-stripped healthy scans than on whole-head ones, which puts
+skull-stripped healthy scans nearer the artefact threshold. This re-computes the CJV of the
+references and of the development cohorts under six definitions and scores the development visits' artefact score under each, re-calibrated on
 the references' residual maps (nothing is reconstructed again):
 
-* ``current``: mean and SD, whole classes (the package);
+* ``current``: mean and SD, whole classes over the whole mask (the package until session 26);
 * ``robust``: median and MAD, whole classes;
 * ``eroded``: mean and SD, classes eroded when voxels < 1.9 mm;
 * ``mriqc``: median and MAD, classes eroded when voxels < 1.9 mm (MRIQC);
-* ``mriqc_always``: median and MAD, classes always eroded.
+* ``mriqc_always``: median and MAD, classes always eroded;
+* ``core``: mean and SD, classes found in the brain's core only, 3 mm inside the mask (the
+  package since session 26, :func:`neurocast.anomaly.iqm.segment_tissues`). A skull-stripped
+  scan's mask holds the CSF around the brain, which moved the whole-mask classes' GM/WM boundary.
+
+``--stripped-dev`` adds the cohort the ``core`` variant was chosen on: ``devss``, 30 subjects
+(seed 4242), all skull-stripped, 60 % of visits with motion of the three grades, no tumours.
+It is simulated, preprocessed and its residual maps cached (``anomaly_normative_dev.py``'s
+prior rule) when missing. Per variant the results also give the AUROCs among skull-stripped
+visits only (motion against healthy).
 
 It needs the N4-corrected native image and native brain mask of each scan, which the benchmark's
 cache does not keep, so each scan is preprocessed again (one ITK thread, the benchmark's seed:
-the ``current`` CJV reproduces the cached one exactly) into ``--work/full/native``.
+the ``current`` CJV reproduced the cached one exactly before session 26) into
+``--work/full/native``.
 
 Usage (on the cache of ``anomaly_benchmark.py`` and the residual maps of
 ``anomaly_normative_dev.py``)::
 
     python benchmarks/anomaly_cjv_variants.py --work W --model src/neurocast/weights/anomaly-demo \\
         --out benchmarks/anomaly_cjv_variants.json
+    python benchmarks/anomaly_cjv_variants.py --work W --model src/neurocast/weights/anomaly-demo \\
+        --stripped-dev --out benchmarks/anomaly_cjv_core.json  # session 26
 """
 
 from __future__ import annotations
@@ -43,16 +55,20 @@ import scipy.ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import anomaly_benchmark as B
-from anomaly_normative_dev import load_residual
+from anomaly_normative_dev import load_residual, residual_maps
 
 VARIANTS = {
-    "current": (False, "never"),
-    "robust": (True, "never"),
-    "eroded": (False, "fine"),
-    "mriqc": (True, "fine"),
-    "mriqc_always": (True, "always"),
+    "current": (False, "never", 0.0),
+    "robust": (True, "never", 0.0),
+    "eroded": (False, "fine", 0.0),
+    "mriqc": (True, "fine", 0.0),
+    "mriqc_always": (True, "always", 0.0),
+    "core": (False, "never", 3.0),
 }
-"""Name -> (medians and MADs?, when the tissue classes are eroded)."""
+"""Name -> (medians and MADs?, when the tissue classes are eroded, depth of the mask's rim left
+out of the k-means in mm)."""
+STRIPPED_DEV = ("devss", 30, 4242)
+"""Name, subjects and seed of the skull-stripped development cohort (``--stripped-dev``)."""
 FINE_MM = 1.9
 """MRIQC erodes the tissue masks when every voxel size is below this (mm)."""
 
@@ -83,13 +99,13 @@ def cache_native(item: tuple[str, str, Path]) -> str:
     return key
 
 
-def cjv_variant(native: Path, robust: bool, erode: str) -> float:
+def cjv_variant(native: Path, robust: bool, erode: str, core_mm: float) -> float:
     """The CJV of one cached native scan under one definition (see the module docstring)."""
     from neurocast.anomaly.iqm import robust_sd, segment_tissues
 
     with np.load(native) as d:
         x, brain, zooms = d["native"].astype(np.float64), d["mask"], d["zooms"]
-    tissues = segment_tissues(x, brain)
+    tissues = segment_tissues(x, brain, spacing=zooms, core_mm=core_mm)
     erode_now = erode == "always" or (erode == "fine" and bool(np.all(zooms < FINE_MM)))
     stats = {}
     for name, label in (("gm", 2), ("wm", 3)):
@@ -105,13 +121,13 @@ def cjv_variant(native: Path, robust: bool, erode: str) -> float:
 
 
 def evaluate(work: Path, det0: Any, refs: list[str], groups: list[str], visits: list[tuple[str, str]],
-             robust: bool, erode: str) -> tuple[dict[str, Any], pd.DataFrame]:  # fmt: skip
+             robust: bool, erode: str, core_mm: float) -> tuple[dict[str, Any], pd.DataFrame]:  # fmt: skip
     """Calibrate a copy of the detector with this CJV and score the visits' artefact score."""
 
     def inputs(key: str) -> tuple[np.ndarray, np.ndarray, Any]:
         rmap, region, iqms = load_residual(work, key)
         iqms = copy.deepcopy(iqms)
-        iqms.values["cjv"] = cjv_variant(work / "native" / f"{key}.npz", robust, erode)
+        iqms.values["cjv"] = cjv_variant(work / "native" / f"{key}.npz", robust, erode, core_mm)
         return rmap, region, iqms
 
     det = copy.deepcopy(det0)
@@ -135,6 +151,12 @@ def evaluate(work: Path, det0: Any, refs: list[str], groups: list[str], visits: 
         res[f"motion_{sev}_review_artefact"] = (
             f"{int((mo['flag'] == 'review-artefact').sum())}/{len(mo)}"
         )
+        ms = mo[mo["skull_stripped"].astype(bool)]
+        hs = healthy[healthy["skull_stripped"].astype(bool)]
+        if len(ms) and len(hs):
+            res[f"motion_auroc_{sev}_skull_stripped"] = B.auroc(
+                list(ms["artefact_score"]), list(hs["artefact_score"])
+            )
     res["healthy_flagged"] = f"{int((healthy['flag'] != 'pass').sum())}/{len(healthy)}"
     for stripped, label in ((False, "whole_head"), (True, "skull_stripped")):
         h = healthy[healthy["skull_stripped"] == stripped]
@@ -150,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--cohorts", nargs="+", default=["dev", "lrtrain"], help="cohorts scored")
     ap.add_argument("--jobs", type=int, default=2, help="scans preprocessed at once")
+    ap.add_argument("--stripped-dev", action="store_true",
+                    help="also score the skull-stripped development cohort (see the docstring)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -157,6 +181,17 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work / "full"
     (work / "native").mkdir(exist_ok=True)
+    if args.stripped_dev:
+        name, n, seed = STRIPPED_DEV
+        motion = {"artefact_types": {"motion": 1.0},
+                  "artefact_severities": {"mild": 1 / 3, "moderate": 1 / 3, "severe": 1 / 3}}  # fmt: skip
+        v = B.simulate(work, name, n, seed, 2.0, (2, 3), tumour_fraction=0.0,
+                       artefact_fraction=0.6, skull_stripped_fraction=1.0, **motion)  # fmt: skip
+        keys = [f"{name}_{p}_{s}" for p, s in zip(v["participant_id"], v["session_id"], strict=True)]
+        B.prepare_all(work, dict(zip(keys, v["path"], strict=True)), 2.0, 0, args.jobs, args.jobs,
+                      (0.82, 0.82, 6.0), lambda m: print(m, flush=True))  # fmt: skip
+        residual_maps(work, args.model, args.jobs, scored=(name,))
+        args.cohorts = [*args.cohorts, name]
     calib = B.simulate(work, "calib", 0, 0, 2.0, (2, 3))  # cached cohorts: reads the truth table
     refs = [f"calib_{r.participant_id}_{r.session_id}" for r in calib.itertuples()] + list(
         B.IXI_CALIB
@@ -195,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
     det0 = AnomalyDetector.load(args.model)
     results, tables = {}, []
-    for name, (robust, erode) in VARIANTS.items():
-        results[name], df = evaluate(work, det0, refs, groups, visits, robust, erode)
+    for name, (robust, erode, core_mm) in VARIANTS.items():
+        results[name], df = evaluate(work, det0, refs, groups, visits, robust, erode, core_mm)
         tables.append(df.assign(variant=name))
         print(name, json.dumps(results[name]), flush=True)
     print(pd.DataFrame(results).T.to_string())

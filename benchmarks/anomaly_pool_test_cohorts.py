@@ -5,7 +5,10 @@
 comparable across cohorts, so the image-level figures can be pooled: tumour AUROC, motion AUROC
 per severity (each against the healthy visits, tumour-plus-motion visits left out as in the
 benchmark), the mean tumour Dice, and the flags, with 95 % intervals from a bootstrap over
-subjects (a subject's visits are resampled together).
+subjects (a subject's visits are resampled together). The motion AUROCs are also given per input
+kind (whole-head motion against whole-head healthy visits, skull-stripped against skull-stripped,
+and each against the other kind's healthy visits), with the healthy visits' median artefact score
+per kind.
 
 Usage::
 
@@ -28,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anomaly_benchmark import auroc, write_results
 
 SEVERITIES = ("mild", "moderate", "severe")
+KINDS = ((False, "whole_head"), (True, "skull_stripped"))
+"""Input kinds: whole head, skull-stripped (the ``skull_stripped`` column)."""
 
 
 def tumour_auroc(d: pd.DataFrame) -> float:
@@ -76,6 +81,21 @@ def figures(d: pd.DataFrame, n_boot: int) -> dict[str, Any]:
         motion = d[(d["kind"] == "motion") & (d["severity"] == s)]
         out[f"motion_{s}_review_artefact"] = int((motion["flag"] == "review-artefact").sum())
         out[f"motion_{s}_flagged"] = int((motion["flag"] != "pass").sum())
+        # per input kind (a diagnosis): motion of one kind against healthy visits of the same
+        # kind, and of the other kind (``_vs_healthy_...``)
+        kind = d["skull_stripped"].astype(bool)
+        for ms, mlabel in KINDS:
+            motion_k = motion[motion["skull_stripped"].astype(bool) == ms]
+            out[f"n_motion_{s}_{mlabel}"] = len(motion_k)
+            for hs, hlabel in KINDS:
+                pair = pd.concat([motion_k, d[(d["kind"] == "healthy") & (kind == hs)]])
+                value = motion_auroc(pair, s) if len(motion_k) else float("nan")
+                name = f"motion_auroc_{s}_{mlabel}" + ("" if ms == hs else f"_vs_healthy_{hlabel}")
+                out[name] = value
+    for stripped, label in KINDS:
+        h = healthy[healthy["skull_stripped"].astype(bool) == stripped]
+        out[f"n_healthy_{label}"] = len(h)
+        out[f"healthy_artefact_median_{label}"] = float(h["artefact"].median())
     if n_boot:
         out["tumour_auroc_95ci"] = bootstrap(d, tumour_auroc, n_boot)
         out["tumour_dice_mean_95ci"] = bootstrap(d, tumour_dice, n_boot)

@@ -180,3 +180,38 @@ def test_the_ghost_ratio_is_measured_before_bias_correction() -> None:
     assert math.isnan(blind.iqms.get("ghost_ratio"))
     assert "before bias correction" in blind.iqms.undefined["ghost_ratio"]
     assert math.isfinite(blind.iqms.get("cjv"))
+
+
+def test_cjv_does_not_depend_on_how_much_extracerebral_csf_the_mask_holds() -> None:
+    """A skull-stripped input's mask holds the CSF around the brain, a template mask does not; the
+    tissue classes come from the brain's core, so both masks give the same CJV."""
+    import scipy.ndimage as ndi
+
+    from neurocast.anomaly.iqm import brain_core
+
+    rng = np.random.default_rng(1)
+    z, y, x = np.mgrid[:64, :64, :64] - 32.0
+    r = np.sqrt(x**2 + y**2 + z**2)
+    # ventricle, WM, GM, then a CSF shell that only the intracranial mask holds; blurred (partial volume)
+    img = np.select([r < 8, r < 16, r < 24, r < 28], [25.0, 100.0, 60.0, 25.0], 0.0)
+    img = ndi.gaussian_filter(img, 1.0) + rng.normal(0.0, 2.0, img.shape)
+    brain, intracranial = r < 24.5, r < 28.5
+
+    def cjv_of(mask: np.ndarray, core_mm: float) -> float:
+        seg = segment_tissues(img, mask, core_mm=core_mm)
+        return compute_iqms(img, mask, tissues=seg, skull_stripped=True).values["cjv"]
+
+    whole = abs(cjv_of(intracranial, 0.0) - cjv_of(brain, 0.0))
+    core = abs(cjv_of(intracranial, 3.0) - cjv_of(brain, 3.0))
+    assert whole > 0.03 and core < 0.015
+    # the default is the core, and compute_iqms segments with the scan's voxel size
+    assert compute_iqms(img, intracranial, skull_stripped=True).values["cjv"] == pytest.approx(
+        cjv_of(intracranial, 3.0)
+    )
+    coarse = segment_tissues(img, intracranial, spacing=(2.0, 2.0, 2.0))
+    assert (coarse > 0).sum() > (segment_tissues(img, intracranial) > 0).sum()  # 3 mm = 1.5 voxels
+    # the rim is unlabelled; a mask too thin for a core is segmented whole
+    assert not segment_tissues(img, intracranial)[intracranial & ~brain_core(intracranial)].any()
+    thin = np.zeros(img.shape, bool)
+    thin[30:34, 10:50, 10:50] = True
+    assert brain_core(thin).sum() == thin.sum()

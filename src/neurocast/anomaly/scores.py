@@ -41,7 +41,8 @@ feature             what
 ==================  =================================================================
 ``residual_median`` median of the anomaly map over the eroded brain (diffuse residual)
 ``residual_p90``    its 90th percentile
-``cjv``             joint variation of GM and WM (blurring mixes them)
+``cjv``             joint variation of GM and WM (blurring mixes them); tissue classes from
+                    the brain's core (:func:`neurocast.anomaly.iqm.segment_tissues`)
 ``ghost_ratio``     air energy in the head's shadow along an axis over the air outside
                     it (:func:`neurocast.anomaly.iqm.ghost_ratio`): phase-encoding ghosts
 ==================  =================================================================
@@ -102,7 +103,7 @@ ARTEFACT_FEATURES = ("residual_median", "residual_p90", "cjv", "ghost_ratio")
 Z_CLIP = 3.0
 """Each feature's robust z-score is clipped to ``[-Z_CLIP, Z_CLIP]`` before the mean (see the
 module docstring): one feature alone moves the score by at most ``Z_CLIP / n_features``."""
-ARTEFACT_SCORE_RULE = "mean-of-robust-z-clipped-3:residual,cjv,ghost"
+ARTEFACT_SCORE_RULE = "mean-of-robust-z-clipped-3:residual,cjv-core-3mm,ghost"
 """Name of the rule that turns features into the artefact score. A calibration records it: an
 artefact threshold set under another rule does not fit this one's scores."""
 MAD_TO_SD = 1.4826

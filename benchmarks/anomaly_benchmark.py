@@ -95,6 +95,11 @@ SIZES = {
 }  # fmt: skip
 
 
+MOTION_ONLY: dict[str, Any] = {
+    "artefact_types": {"motion": 1.0},
+    "artefact_severities": {"mild": 1 / 3, "moderate": 1 / 3, "severe": 1 / 3},
+}
+"""Simulation settings of the cohorts with artefacts: motion only, the three grades equally often."""
 LEVEL_SCALING_TAGS = {"model": "", "on": "-levels", "off": "-nolevels"}
 """``--level-scaling`` choices and the tag each adds to a results file name."""
 
@@ -277,15 +282,22 @@ def prepare_all(work: Path, jobs: dict[str, Any], grid_mm: float, seed: int, thr
     return {k: load_scan(work / "scans" / f"{k}.npz") for k in jobs if (work / "scans" / f"{k}.npz").is_file()}
 
 
-def healthy_cohort(work: Path, name: str, n: int, seed: int, threads: int, n_jobs: int, **changes: Any) -> pd.DataFrame:
-    """Simulate (or reuse) ``n`` healthy subjects as cohort ``name`` and preprocess (or reuse)
-    their visits; return the visits table with a ``key`` column (cohort_participant_session).
-    ``changes`` are further :class:`~neurocast.simulate.SimulationConfig` settings."""
-    v = simulate(work, name, n, seed, 2.0, (2, 3), tumour_fraction=0.0, artefact_fraction=0.0, **changes)
+def prepared_cohort(work: Path, name: str, n: int, seed: int, threads: int, n_jobs: int, **settings: Any) -> pd.DataFrame:
+    """Simulate (or reuse) ``n`` subjects as cohort ``name`` (2 mm, 2-3 visits) and preprocess (or
+    reuse) their visits; return the visits table with a ``key`` column
+    (cohort_participant_session). ``settings`` are :class:`~neurocast.simulate.SimulationConfig`
+    settings."""
+    v = simulate(work, name, n, seed, 2.0, (2, 3), **settings)
     v["key"] = [f"{name}_{p}_{s}" for p, s in zip(v["participant_id"], v["session_id"], strict=True)]
     prepare_all(work, dict(zip(v["key"], v["path"], strict=True)), 2.0, 0, threads, n_jobs,
                 (0.82, 0.82, 6.0), lambda m: print(m, flush=True))  # fmt: skip
     return v
+
+
+def healthy_cohort(work: Path, name: str, n: int, seed: int, threads: int, n_jobs: int, **changes: Any) -> pd.DataFrame:
+    """:func:`prepared_cohort` of healthy subjects (no tumours, no artefacts); ``changes`` are
+    further :class:`~neurocast.simulate.SimulationConfig` settings."""
+    return prepared_cohort(work, name, n, seed, threads, n_jobs, tumour_fraction=0.0, artefact_fraction=0.0, **changes)
 
 
 def _portable_card(det: Any, work: Path) -> None:
@@ -453,8 +465,6 @@ def main(argv: list[str] | None = None) -> int:
     test_n = size["test"] if args.test_subjects is None else args.test_subjects
     replication = args.test_seed is not None or args.test_subjects is not None
     test_name = f"test-s{test_seed}-n{test_n}" if replication else "test"
-    motion = dict(artefact_types={"motion": 1.0},
-                  artefact_severities={"mild": 1 / 3, "moderate": 1 / 3, "severe": 1 / 3})  # fmt: skip
     train_cohort = simulate(work, "train", size["train"], args.seed + 101, size["grid"], size["visits"], **healthy)
     if args.more_train:
         train_cohort = pd.concat([train_cohort, simulate(
@@ -464,11 +474,11 @@ def main(argv: list[str] | None = None) -> int:
         train_cohort,
         simulate(work, "calib", size["calib"], args.seed + 202, size["grid"], size["visits"], **healthy),
         simulate(work, "lrtrain", size["lrtrain"], args.seed + 303, size["grid"], size["visits"],
-                 tumour_fraction=0.0, artefact_fraction=0.6, **motion),
+                 tumour_fraction=0.0, artefact_fraction=0.6, **MOTION_ONLY),
         simulate(work, test_name, test_n, test_seed, size["grid"], size["visits"],
-                 tumour_fraction=0.5, artefact_fraction=0.5, **motion),
+                 tumour_fraction=0.5, artefact_fraction=0.5, **MOTION_ONLY),
     ] + ([simulate(work, "dev", size["dev"], args.seed + 505, size["grid"], size["visits"],
-                   tumour_fraction=0.5, artefact_fraction=0.5, **motion)] if args.dev else [])
+                   tumour_fraction=0.5, artefact_fraction=0.5, **MOTION_ONLY)] if args.dev else [])
       + [simulate(work, f"dev{i + 2}", TUMOUR_DEV_SUBJECTS, args.seed + TUMOUR_DEV_SEEDS[i], size["grid"],
                   size["visits"], tumour_fraction=0.6, artefact_fraction=0.0) for i in range(args.tumour_dev)],
         ignore_index=True)  # fmt: skip

@@ -183,13 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     (work / "native").mkdir(exist_ok=True)
     if args.stripped_dev:
         name, n, seed = STRIPPED_DEV
-        motion = {"artefact_types": {"motion": 1.0},
-                  "artefact_severities": {"mild": 1 / 3, "moderate": 1 / 3, "severe": 1 / 3}}  # fmt: skip
-        v = B.simulate(work, name, n, seed, 2.0, (2, 3), tumour_fraction=0.0,
-                       artefact_fraction=0.6, skull_stripped_fraction=1.0, **motion)  # fmt: skip
-        keys = [f"{name}_{p}_{s}" for p, s in zip(v["participant_id"], v["session_id"], strict=True)]
-        B.prepare_all(work, dict(zip(keys, v["path"], strict=True)), 2.0, 0, args.jobs, args.jobs,
-                      (0.82, 0.82, 6.0), lambda m: print(m, flush=True))  # fmt: skip
+        B.prepared_cohort(work, name, n, seed, args.jobs, args.jobs, tumour_fraction=0.0,
+                          artefact_fraction=0.6, skull_stripped_fraction=1.0, **B.MOTION_ONLY)  # fmt: skip
         residual_maps(work, args.model, args.jobs, scored=(name,))
         args.cohorts = [*args.cohorts, name]
     calib = B.simulate(work, "calib", 0, 0, 2.0, (2, 3))  # cached cohorts: reads the truth table

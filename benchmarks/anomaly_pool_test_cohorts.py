@@ -10,6 +10,11 @@ kind (whole-head motion against whole-head healthy visits, skull-stripped agains
 and each against the other kind's healthy visits), with the healthy visits' median artefact score
 per kind.
 
+``--whole-head-only`` keeps the whole-head visits alone. Since 2026-12-07 the simulator strips
+skull-stripped subjects after acquiring the whole head; whole-head subjects come out
+byte-identical, so the whole-head visits of cohorts simulated before still describe the current
+simulator and can be pooled with those of newer cohorts.
+
 Usage::
 
     python benchmarks/anomaly_pool_test_cohorts.py W/full/test_scores-anomaly-demo-levels.tsv \\
@@ -108,12 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("tables", nargs="+", type=Path, help="test_scores*.tsv of anomaly_benchmark.py")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws (0: none)")
+    ap.add_argument("--whole-head-only", action="store_true",
+                    help="pool the whole-head visits only (see the docstring)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
     parts, both = [], []
     for i, path in enumerate(args.tables):
         t = pd.read_csv(path, sep="\t")
+        if args.whole_head_only:
+            t = t[~t["skull_stripped"].astype(bool)]
         t["cohort"] = path.stem
         t["subject"] = f"{i}:" + t["key"].str.split("_ses-").str[0]
         mixed = t["tumour_and_motion"].astype(bool)

@@ -271,3 +271,34 @@ def test_parallel_processes_give_the_same_bytes(small_cohort, tmp_path):
     a, b = files_under(small_cohort.root), files_under(parallel.root)
     assert sorted(a) == sorted(b)
     assert not [k for k in a if a[k] != b[k]]
+
+
+def test_a_skull_stripped_delivery_is_the_whole_head_acquisition_stripped(tmp_path):
+    # Stripping comes after the acquisition: inside the brain the stripped image is the whole-head
+    # one (motion ghosts of the scalp included), outside it is exactly 0 (no noise background).
+    from tests.simulate.conftest import SEED, small_config
+
+    from neurocast.simulate import simulate_cohort
+
+    def one_visit(stripped: bool):
+        config = small_config(
+            skull_stripped_fraction=float(stripped),
+            artefact_fraction=1.0,
+            tumour_fraction=0.0,
+            n_visits=(1, 1),
+        )
+        return simulate_cohort(tmp_path / str(stripped), 1, seed=SEED, config=config, progress=False)
+
+    cohorts = {stripped: one_visit(stripped) for stripped in (False, True)}
+    row = cohorts[True].visits.iloc[0]
+    assert bool(row.skull_stripped) and row.artefact != "none"
+    assert not bool(cohorts[False].visits.iloc[0].skull_stripped)
+    whole = _array(cohorts[False].raw_t1w(row.participant_id, row.session_id))
+    stripped = _array(cohorts[True].raw_t1w(row.participant_id, row.session_id))
+    sub, ses = row.participant_id, row.session_id
+    brain_file = cohorts[True].truth_root / sub / ses / "anat" / f"{sub}_{ses}_desc-brain_mask.nii.gz"
+    brain = _array(brain_file) > 0
+    assert stripped.shape == whole.shape
+    assert np.array_equal(stripped[brain], whole[brain])
+    assert not stripped[~brain].any()
+    assert whole[~brain].astype(float).mean() > 0.05 * whole[brain].astype(float).mean()

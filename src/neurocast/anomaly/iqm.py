@@ -113,11 +113,11 @@ QI1_ZSCORE = 10.0
 QI1_NEAR_HEAD = 0.10
 """Air voxels closer to the head than this share of the largest air distance are ignored by QI1."""
 TISSUES = {"csf": 1, "gm": 2, "wm": 3}
+"""Labels of :func:`segment_tissues` (0 = outside the brain)."""
 TISSUE_CORE_MM = 3.0
 """Tissue classes are found only this far (mm) inside the brain mask (see "Tissue masks" above)."""
 MIN_CORE_SHARE = 0.2
 """The core must hold at least this share of the mask's voxels, else the whole mask is segmented."""
-"""Labels of :func:`segment_tissues` (0 = outside the brain)."""
 BACKGROUND_METRICS = ("cnr", "efc", "fber", "qi1", "snrd_csf", "snrd_gm", "snrd_wm", "snrd_total")
 """Metrics that need a measured background (air)."""
 TISSUE_METRICS = ("cjv", "snr_csf", "snr_gm", "snr_wm", "snr_total", "wm2max")

@@ -62,7 +62,11 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
 * Whole head: the template has no skull, so a synthetic shell is laid around the brain mask:
   CSF, inner table, diploe, outer table, muscle, fat and skin layers (``SHELL_LAYERS``, 1.5-3.5 mm
   each) whose thickness varies per subject (x0.85-1.2) and smoothly in space (+-20 %). It is closed
-  underneath (no neck). A share ``skull_stripped_fraction`` of subjects is delivered skull-stripped.
+  underneath (no neck). A share ``skull_stripped_fraction`` of subjects is delivered skull-stripped:
+  the whole head is acquired (artefacts and noise included) and then every voxel outside the true
+  brain mask is set to 0, as a skull-stripping tool delivers a scanner's image (until 2026-12-07
+  those subjects were acquired without the shell, so their background held noise and their motion
+  ghosts lacked the scalp's).
 
 3. Progression (``progression.py``, ``fields.py``)
 -------------------------------------------------
@@ -149,7 +153,9 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
   into the scanner grid, whose field of view covers the head: images are *not* in template space,
   so preprocessing is exercised. Each native voxel is the mean of the anatomy over the voxel
   (``partial_volume_samples`` sub-voxels per axis, trilinear at their centres), as a real voxel
-  records its whole extent; noise is added per native voxel after this. Stored as int16. The
+  records its whole extent; noise is added per native voxel after this. Stored as int16. A
+  subject delivered skull-stripped is then set to 0 outside its brain mask on the native grid
+  (``acquisition.skull_strip``), after the artefact and the noise. The
   true ``native_to_template`` 4x4 matrix of every visit is in the truth (JSON, and an ANTs
   ``.mat`` in image mode).
 

@@ -17,6 +17,9 @@ For each visit:
    (magnitude of the image plus complex Gaussian noise, SD drawn per visit; TorchIO only has
    Gaussian noise), and a scanner gain mapping white matter
    to a few hundred to a few thousand; stored as int16.
+4. **Skull stripping** (subjects delivered skull-stripped): the acquired image is set to 0
+   outside the true brain mask (:func:`skull_strip`), after the artefact and the noise, as a
+   skull-stripping tool would deliver it.
 """
 
 from __future__ import annotations
@@ -342,6 +345,27 @@ def apply_intensities(
     return stored
 
 
+def skull_strip(stored: np.ndarray, brain: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A scanner image as a skull-stripping tool delivers it: zero outside the brain mask.
+
+    The head was acquired whole (its artefacts and noise included), so ghosts of the scalp that
+    fall inside the brain stay, and nothing is left of the air: the background is exactly 0.
+
+    Args:
+        stored: (x, y, z) stored values from :func:`apply_intensities`.
+        brain: (x, y, z) boolean brain mask on the same grid.
+
+    Example:
+        >>> import numpy as np
+        >>> img = np.full((4, 4, 4), 7, np.int16); brain = np.zeros((4, 4, 4), bool); brain[1:3] = True
+        >>> out = skull_strip(img, brain)
+        >>> int(out[0].max()), int(out[1].min())
+        (0, 7)
+    """
+    mask = brain.numpy() if isinstance(brain, torch.Tensor) else np.asarray(brain)
+    return np.where(mask.astype(bool), stored, np.zeros((), dtype=stored.dtype)).astype(stored.dtype)
+
+
 def _order_from_n(n: int) -> int:
     for order in range(0, 10):
         if _n_bias_coefficients(order) == n:
@@ -371,4 +395,5 @@ __all__ = [
     "resample_to_native",
     "rotation_matrix",
     "sample_voxel_average",
+    "skull_strip",
 ]

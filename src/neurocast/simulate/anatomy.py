@@ -396,12 +396,18 @@ class Head:
 def make_head(
     seed: int, subject: Subject, anatomy: SubjectAnatomy, assets: TemplateAssets, skull_stripped: bool
 ) -> Head:
-    """Build the canvas and (unless skull-stripped) the synthetic scalp/skull shell."""
+    """Build the canvas and the synthetic scalp/skull shell.
+
+    Every head is acquired whole: a subject delivered skull-stripped is stripped after the
+    acquisition (:func:`neurocast.simulate.acquisition.skull_strip`), as a skull-stripping tool
+    strips a scanner's image, so its artefacts carry the scalp's ghosts into the brain.
+    ``skull_stripped`` is recorded in the head's parameters.
+    """
     from neurocast.simulate.fields import smooth_random_field
 
     spacing = assets.spacing
     total = sum(t for _, t, _ in SHELL_LAYERS)
-    pad = int(np.ceil((total * 1.35 + 4.0) / spacing)) if not skull_stripped else 2
+    pad = int(np.ceil((total * 1.35 + 4.0) / spacing))
     shape = tuple(int(n + 2 * pad) for n in assets.shape)
     aff = assets.affine.copy()
     aff[:3, 3] = aff[:3, 3] - aff[:3, :3] @ np.full(3, pad)
@@ -409,25 +415,21 @@ def make_head(
     sl = tuple(slice(pad, pad + n) for n in assets.shape)
     mask[sl] = anatomy.brain_mask
     params: dict[str, Any] = {"skull_stripped": bool(skull_stripped)}
-    shell = None
-    if not skull_stripped:
-        rng = rng_for(seed, subject.index, "anatomy", 1)
-        scale = float(rng.uniform(0.85, 1.2))
-        noise = smooth_random_field(rng, shape, 25.0 / spacing, channels=1)[0]
-        dist = ndimage.distance_transform_edt(~mask) * spacing
-        d = dist / (scale * (1.0 + 0.2 * np.clip(noise, -2.5, 2.5)))
-        edges = np.cumsum([0.0] + [t for _, t, _ in SHELL_LAYERS])
-        # piecewise-constant profile with 0.5 mm ramps between layers
-        shell = np.zeros(shape, dtype=np.float32)
-        wm = anatomy.white_matter
-        for (_, _, rel), a, b in zip(SHELL_LAYERS, edges[:-1], edges[1:], strict=True):
-            w = np.clip((d - a) / 0.5 + 0.5, 0, 1) * np.clip((b - d) / 0.5 + 0.5, 0, 1)
-            shell += (w * rel * wm).astype(np.float32)
-        shell[mask] = 0.0
-        params.update({"shell_thickness_scale": scale, "shell_layers": [list(x) for x in SHELL_LAYERS]})
-        head_mask = d < edges[-1]
-    else:
-        head_mask = mask
+    rng = rng_for(seed, subject.index, "anatomy", 1)
+    scale = float(rng.uniform(0.85, 1.2))
+    noise = smooth_random_field(rng, shape, 25.0 / spacing, channels=1)[0]
+    dist = ndimage.distance_transform_edt(~mask) * spacing
+    d = dist / (scale * (1.0 + 0.2 * np.clip(noise, -2.5, 2.5)))
+    edges = np.cumsum([0.0] + [t for _, t, _ in SHELL_LAYERS])
+    # piecewise-constant profile with 0.5 mm ramps between layers
+    shell = np.zeros(shape, dtype=np.float32)
+    wm = anatomy.white_matter
+    for (_, _, rel), a, b in zip(SHELL_LAYERS, edges[:-1], edges[1:], strict=True):
+        w = np.clip((d - a) / 0.5 + 0.5, 0, 1) * np.clip((b - d) / 0.5 + 0.5, 0, 1)
+        shell += (w * rel * wm).astype(np.float32)
+    shell[mask] = 0.0
+    params.update({"shell_thickness_scale": scale, "shell_layers": [list(x) for x in SHELL_LAYERS]})
+    head_mask = d < edges[-1]
     outline = head_mask & ~ndimage.binary_erosion(head_mask)
     pts = np.argwhere(outline)
     step = max(1, len(pts) // 6000)

@@ -189,6 +189,9 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
         native = acqm.sample_voxel_average(canvas, grid, config.partial_volume_samples)
         artefact = anom.draw_artefact(seed, index, k, config)
         stored = acqm.apply_intensities(native, acq, anatomy.white_matter, artefact)
+        brain_native = acqm.sample(head.embed(anatomy.brain_mask.astype(np.float32)), grid) > 0.5
+        if scanner.skull_stripped:
+            stored = acqm.skull_strip(stored, brain_native)
         raw = acqm.native_image(stored, acq)
         writer.raw_t1w(sub, ses, raw, {
             "Manufacturer": "neurocast-simulate",
@@ -221,7 +224,6 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
              "with the image grid (first/last voxel centres coincide).",
              "Units": "voxel", "ProgressionTimeYears": s, "TimeYears": visit.time_years})
         writer.write_transform(sub, ses, acq.native_to_template, tparams, seed)
-        brain_native = acqm.sample(head.embed(anatomy.brain_mask.astype(np.float32)), grid) > 0.5
         writer.write_truth_nifti(sub, ses, "desc-brain_mask.nii.gz", grid_image(brain_native.numpy().astype(np.uint8), acq.native_affine, code=1),
                                  tparams, seed, {"Description": "Brain mask on the raw image's grid."})
         tumour_info: dict[str, Any] = {}

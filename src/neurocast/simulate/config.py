@@ -299,8 +299,9 @@ class SimulationConfig:
     translation_sd_mm: float = 5.0
     """SD of the head translation per visit and axis."""
     skull_stripped_fraction: float = 0.25
-    """Share of subjects whose images are delivered skull-stripped (else a synthetic scalp/skull
-    shell surrounds the brain)."""
+    """Share of subjects whose images are delivered skull-stripped: acquired with the synthetic
+    scalp/skull shell like every head, then set to 0 outside the brain mask
+    (:func:`neurocast.simulate.acquisition.skull_strip`)."""
     gamma_subject_sd: float = 0.12
     """SD of the per-subject log gamma of the contrast curve (TorchIO Gamma)."""
     gamma_visit_sd: float = 0.04

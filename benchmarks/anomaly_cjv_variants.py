@@ -6,8 +6,9 @@ means and standard deviations of k-means tissue classes over the whole brain mas
 18-connectivity) when every voxel is finer than 1.9 mm. On the benchmark's cohorts the
 whole-mask CJV is higher on skull-stripped healthy scans than on whole-head ones, which puts
 skull-stripped healthy scans nearer the artefact threshold. This re-computes the CJV of the
-references and of the development cohorts under six definitions and scores the development visits' artefact score under each, re-calibrated on
-the references' residual maps (nothing is reconstructed again):
+references and of the development cohorts under six definitions and scores the development
+visits' artefact score under each, re-calibrated on the references' residual maps (nothing is
+reconstructed again):
 
 * ``current``: mean and SD, whole classes over the whole mask (the package until session 26);
 * ``robust``: median and MAD, whole classes;
@@ -22,7 +23,9 @@ the references' residual maps (nothing is reconstructed again):
 (seed 4242), all skull-stripped, 60 % of visits with motion of the three grades, no tumours.
 It is simulated, preprocessed and its residual maps cached (``anomaly_normative_dev.py``'s
 prior rule) when missing. Per variant the results also give the AUROCs among skull-stripped
-visits only (motion against healthy).
+visits only (motion against healthy). The recorded ``devss`` was simulated before session 27,
+when skull-stripped subjects were acquired without their scalp; simulated anew it has the
+current simulator's images (stripped after a whole-head acquisition).
 
 It needs the N4-corrected native image and native brain mask of each scan, which the benchmark's
 cache does not keep, so each scan is preprocessed again (one ITK thread, the benchmark's seed:

@@ -71,6 +71,7 @@ def bootstrap(
 
 def figures(d: pd.DataFrame, n_boot: int) -> dict[str, Any]:
     healthy = d[d["kind"] == "healthy"]
+    kind = d["skull_stripped"].astype(bool)
     out: dict[str, Any] = {
         "n": {"subjects": int(d["subject"].nunique()), "healthy": len(healthy),
               "tumour": int((d["kind"] == "tumour").sum()),
@@ -88,7 +89,6 @@ def figures(d: pd.DataFrame, n_boot: int) -> dict[str, Any]:
         out[f"motion_{s}_flagged"] = int((motion["flag"] != "pass").sum())
         # per input kind (a diagnosis): motion of one kind against healthy visits of the same
         # kind, and of the other kind (``_vs_healthy_...``)
-        kind = d["skull_stripped"].astype(bool)
         for ms, mlabel in KINDS:
             motion_k = motion[motion["skull_stripped"].astype(bool) == ms]
             out[f"n_motion_{s}_{mlabel}"] = len(motion_k)

@@ -373,15 +373,15 @@ class Head:
     canvas_affine: np.ndarray
     canvas_shape: tuple[int, int, int]
     pad: int
-    shell: np.ndarray | None
+    shell: np.ndarray
     outline_mm: np.ndarray
     centre_mm: np.ndarray
     parameters: dict[str, Any] = field(default_factory=dict)
 
     def compose(self, brain: np.ndarray) -> np.ndarray:
-        """Canvas image: the brain (working grid) inside, the shell (if any) around it."""
+        """Canvas image: the brain (working grid) inside, the shell around it."""
         p = self.pad
-        out = np.zeros(self.canvas_shape, dtype=np.float32) if self.shell is None else self.shell.copy()
+        out = self.shell.copy()
         sl = tuple(slice(p, p + n) for n in brain.shape)
         out[sl] = out[sl] + brain
         return out

@@ -21,6 +21,15 @@ and rule:
 * ``by_prior``: the same with the conditioning (with an earlier scan or without) as the kind.
   It met its development criterion and was tried in the package in session 25, but on the three
   test cohorts mild and moderate motion AUROC fell, so it was not kept (BENCHMARKS.md).
+* ``prior_ratio`` (session 28): one pooled set of statistics, but a conditioned scan's residual
+  features are first divided, feature by feature, by the ratio of the references' medians with
+  and without an earlier scan (computed on the references the scan is scored against).
+* ``unconditioned`` (session 28): the residual features always read from a reconstruction
+  *without* the earlier scan (references too), so the conditioning cannot shift them; the lesion
+  evidence would keep the conditioned one. Needs ``--model``: the unconditioned residual maps of
+  the visits that had an earlier scan are computed once and cached in ``WORK/full/maps_noprior``.
+
+Neither session-28 rule met its development criterion (BENCHMARKS.md).
 
 The threshold is set as the package does: each reference scored against the other participants'
 references (leave one out by participant), the ``1 - beta`` quantile at Šidák's per-score rate of
@@ -30,6 +39,9 @@ left out), per severity, and per kind.
 Usage::
 
     python benchmarks/anomaly_artefact_by_kind.py --work W --out benchmarks/anomaly_artefact_by_kind.json
+    python benchmarks/anomaly_artefact_by_kind.py --work W --reference-sets shipped \
+        --dev dev dev2 dev3 lrtrain devssv2 --model src/neurocast/weights/anomaly-demo \
+        --out benchmarks/anomaly_artefact_conditioning.json
 """
 
 from __future__ import annotations
@@ -47,66 +59,139 @@ import anomaly_benchmark as B
 from anomaly_normative_dev import load_residual, visit_priors
 
 SEVERITIES = ("mild", "moderate", "severe")
+REAL_HEALTHY = ("IXI034-HH-1260-T1", "chris_t1")
+"""Real healthy scans held out of training and calibration, scored by every rule."""
 
 
-RULES = {"pooled": None, "by_kind": "stripped", "by_prior": "prior"}
+RULES = {
+    "pooled": None,
+    "by_kind": "stripped",
+    "by_prior": "prior",
+    "prior_ratio": None,
+    "unconditioned": None,
+}
 """Rule -> the visit attribute whose references a scan is compared with (``None``: all)."""
+RESIDUAL_FEATURES = ("residual_median", "residual_p90")
+"""The features that read the residual map (the others read the image: CJV, ghost ratio)."""
+NOPRIOR = "maps_noprior"
+"""Cache of the unconditioned residual maps of visits that had an earlier scan (in ``work``)."""
 
 
 def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
-    """A cached visit's artefact features, whether it is skull-stripped and had a prior."""
+    """A cached visit's artefact features (conditioned as scored, and from the unconditioned
+    reconstruction where that is cached), whether it is skull-stripped and had a prior."""
+    import numpy as np
+
     from neurocast.anomaly.scores import artefact_features
 
     rmap, region, iqms = load_residual(work, key)
     stripped = bool(B.load_scan(work / "scans" / f"{key}.npz")[0].skull_stripped)
     feats = artefact_features(rmap, region, iqms)
-    return {"key": key, "stripped": stripped, "prior": prior, "features": feats}
+    unconditioned = dict(feats)
+    cached = work / NOPRIOR / f"{key}.npz"
+    if prior and cached.is_file():
+        with np.load(cached) as z:
+            u = artefact_features(z["rmap"], z["region"].astype(bool))
+        unconditioned.update({k: u[k] for k in RESIDUAL_FEATURES})
+    elif prior:
+        unconditioned = {}
+    return {"key": key, "stripped": stripped, "prior": prior, "features": feats,
+            "unconditioned": unconditioned}  # fmt: skip
 
 
-def kind_statistics(
-    refs: Sequence[Mapping[str, Any]], min_kind: int, attribute: str | None
-) -> dict[bool | None, dict[str, dict[str, float]]]:
-    """Feature statistics: pooled (key ``None``) and per value of ``attribute`` where that value
-    has ``min_kind`` references."""
+def cache_unconditioned(work: Path, model: Path, keys: Sequence[str], threads: int = 2) -> None:
+    """Compute and cache the residual maps without the earlier scan of ``keys`` (visits that had
+    one), as :meth:`neurocast.anomaly.AnomalyDetector.residual_map` with ``use_prior=False``."""
+    import numpy as np
+    import torch
+
+    from neurocast.anomaly import AnomalyDetector
+
+    out = work / NOPRIOR
+    out.mkdir(exist_ok=True)
+    todo = [k for k in keys if not (out / f"{k}.npz").is_file()]
+    if not todo:
+        return
+    torch.set_num_threads(threads)
+    det = AnomalyDetector.load(model)
+    for i, key in enumerate(todo):
+        scan = B.load_scan(work / "scans" / f"{key}.npz")[0]
+        rmap, _, _ = det.residual_map(scan, use_prior=False)
+        np.savez_compressed(out / f"{key}.npz", rmap=rmap, region=det.region(scan))
+        print(f"unconditioned map {i + 1}/{len(todo)}: {key}", flush=True)
+
+
+def prior_ratios(refs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Per residual feature, the references' median with an earlier scan over their median
+    without one (1 where either group is empty)."""
+    import numpy as np
+
+    out = {}
+    for name in RESIDUAL_FEATURES:
+        w = [r["features"][name] for r in refs if r["prior"]]
+        wo = [r["features"][name] for r in refs if not r["prior"]]
+        out[name] = float(np.median(w) / np.median(wo)) if w and wo else 1.0
+    return out
+
+
+def rule_features(
+    visit: Mapping[str, Any], rule: str, ratios: Mapping[str, float] | None
+) -> dict[str, float]:
+    """The features a rule scores for a visit."""
+    if rule == "unconditioned":
+        return dict(visit["unconditioned"])
+    feats = dict(visit["features"])
+    if rule == "prior_ratio" and visit["prior"] and ratios:
+        for name in RESIDUAL_FEATURES:
+            feats[name] /= ratios[name]
+    return feats
+
+
+def kind_statistics(refs: Sequence[Mapping[str, Any]], min_kind: int, rule: str) -> dict[Any, Any]:
+    """Feature statistics: pooled (key ``None``) and per value of the rule's attribute where that
+    value has ``min_kind`` references; ``"ratios"``: the rule's prior ratios (``prior_ratio``)."""
     from neurocast.anomaly.scores import reference_statistics
 
-    out: dict[bool | None, dict[str, dict[str, float]]] = {
-        None: reference_statistics([r["features"] for r in refs])
+    attribute = RULES[rule]
+    ratios = prior_ratios(refs) if rule == "prior_ratio" else None
+    out: dict[Any, Any] = {
+        None: reference_statistics([rule_features(r, rule, ratios) for r in refs]),
+        "ratios": ratios,
     }
     for kind in (False, True) if attribute else ():
-        same = [r["features"] for r in refs if r[attribute] == kind]
+        same = [rule_features(r, rule, ratios) for r in refs if r[attribute] == kind]
         if len(same) >= min_kind:
             out[kind] = reference_statistics(same)
     return out
 
 
-def score(
-    visit: Mapping[str, Any], stats: Mapping[bool | None, Any], attribute: str | None
-) -> float:
+def score(visit: Mapping[str, Any], stats: Mapping[Any, Any], rule: str) -> float:
     from neurocast.anomaly.scores import artefact_score
 
+    attribute = RULES[rule]
     ref = stats.get(visit[attribute], stats[None]) if attribute else stats[None]
-    return artefact_score(visit["features"], ref)
+    return artefact_score(rule_features(visit, rule, stats["ratios"]), ref)
 
 
 def evaluate(refs: list[dict[str, Any]], groups: list[str], visits: pd.DataFrame, rule: str,
-             min_kind: int) -> dict[str, Any]:  # fmt: skip
+             min_kind: int, reals: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     from neurocast.anomaly.calibration import per_score_rate, threshold_at_rate
 
     attribute = RULES[rule]
     ref_scores = []
     for r, g in zip(refs, groups, strict=True):
         others = [o for o, h in zip(refs, groups, strict=True) if h != g]
-        ref_scores.append(score(r, kind_statistics(others, min_kind, attribute), attribute))
+        ref_scores.append(score(r, kind_statistics(others, min_kind, rule), rule))
     threshold = threshold_at_rate(ref_scores, per_score_rate(0.05, 2))
-    stats = kind_statistics(refs, min_kind, attribute)
-    s = visits.assign(score=[score(v, stats, attribute) for v in visits.to_dict(orient="records")])
+    stats = kind_statistics(refs, min_kind, rule)
+    s = visits.assign(score=[score(v, stats, rule) for v in visits.to_dict(orient="records")])
     healthy = s[s["group"] == "healthy"]
     res: dict[str, Any] = {
         "references": len(refs),
         "references_skull_stripped": int(sum(r["stripped"] for r in refs)),
         "references_with_prior": int(sum(r["prior"] for r in refs)),
         "own_statistics_for": [f"{attribute}={k}" for k in (False, True) if k in stats] if attribute else [],
+        "prior_ratios": stats["ratios"],
         "threshold": threshold,
         "healthy_over_threshold": f"{int((healthy['score'] > threshold).sum())}/{len(healthy)}",
         "healthy_median_whole_head": float(healthy.loc[~healthy["stripped"], "score"].median()),
@@ -122,6 +207,13 @@ def evaluate(refs: list[dict[str, Any]], groups: list[str], visits: pd.DataFrame
                 if len(m) and len(h):
                     key = f"motion_auroc_{sev}_{label if val else 'not_' + label}"
                     res[key] = B.auroc(list(m["score"]), list(h["score"]))
+            if attr == "stripped":
+                ms = mo[mo["stripped"]]
+                res[f"motion_auroc_{sev}_skull_stripped_vs_all_healthy"] = (
+                    B.auroc(list(ms["score"]), list(healthy["score"])) if len(ms) else float("nan")
+                )
+    for key, visit in (reals or {}).items():
+        res[f"{key}_artefact_score"] = score(visit, stats, rule)
     return res
 
 
@@ -130,26 +222,58 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, required=True, help="the anomaly benchmark's --work")
     ap.add_argument("--dev", nargs="+", default=["dev", "dev2", "dev3", "lrtrain"])
     ap.add_argument("--min-kind", type=int, default=10, help="fewest references a kind needs")
+    ap.add_argument(
+        "--reference-sets",
+        nargs="+",
+        default=["shipped", "shipped+healthy2"],
+        choices=["shipped", "shipped+healthy2"],
+    )
+    ap.add_argument(
+        "--rules",
+        nargs="+",
+        default=None,
+        choices=list(RULES),
+        help="default: every rule ('unconditioned' only with --model)",
+    )
+    ap.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="the detector whose unconditioned residual maps the 'unconditioned' rule reads",
+    )
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.rules is None:
+        args.rules = [r for r in RULES if r != "unconditioned" or args.model is not None]
     work = args.work / "full"
 
     def cohort_visits(name: str) -> list[tuple[dict[str, Any], Any]]:
         table = B.simulate(work, name, 0, 0, 2.0, (2, 3))
         table["key"] = [f"{name}_{r.participant_id}_{r.session_id}" for r in table.itertuples()]
         prior = visit_priors(work, table)
-        return [(visit_features(work, r.key, prior[r.key] is not None), r) for r in table.itertuples()
-                if r.key in prior and (work / "maps" / f"{r.key}.npz").is_file()]  # fmt: skip
+        scored = [
+            r
+            for r in table.itertuples()
+            if r.key in prior and (work / "maps" / f"{r.key}.npz").is_file()
+        ]
+        if "unconditioned" in args.rules:
+            if args.model is None:
+                ap.error("the 'unconditioned' rule needs --model")
+            cache_unconditioned(
+                work, args.model, [r.key for r in scored if prior[r.key] is not None], args.threads
+            )
+        return [(visit_features(work, r.key, prior[r.key] is not None), r) for r in scored]  # fmt: skip
 
     shipped = [v for v, _ in cohort_visits("calib")]
     shipped_groups = [v["key"].split("_")[1] for v in shipped]
     shipped += [visit_features(work, n, False) for n in B.IXI_CALIB]
     shipped_groups += list(B.IXI_CALIB)
-    extra = [
-        (v, f"h2-{r.participant_id}")
-        for v, r in cohort_visits("healthy2")
-        if not r.tumour_present and r.artefact != "motion"
-    ]
+    extra = (
+        [(v, f"h2-{r.participant_id}") for v, r in cohort_visits("healthy2")
+         if not r.tumour_present and r.artefact != "motion"]
+        if "shipped+healthy2" in args.reference_sets else []
+    )  # fmt: skip
     rows = []
     for cohort in args.dev:
         for v, r in cohort_visits(cohort):
@@ -167,11 +291,17 @@ def main(argv: list[str] | None = None) -> int:
             shipped_groups + [g for _, g in extra],
         ),
     }
+    reals = {
+        k: visit_features(work, k, False)
+        for k in REAL_HEALTHY
+        if (work / "maps" / f"{k}.npz").is_file()
+    }
     results: dict[str, Any] = {}
-    for set_name, (refs, groups) in ref_sets.items():
-        for rule in RULES:
+    for set_name in args.reference_sets:
+        refs, groups = ref_sets[set_name]
+        for rule in args.rules:
             name = f"{set_name}/{rule}"
-            results[name] = evaluate(refs, groups, visits, rule, args.min_kind)
+            results[name] = evaluate(refs, groups, visits, rule, args.min_kind, reals)
             print(name, results[name], flush=True)
     print(pd.DataFrame(results).T.to_string())
     if args.out:

@@ -302,3 +302,29 @@ def test_a_skull_stripped_delivery_is_the_whole_head_acquisition_stripped(tmp_pa
     assert np.array_equal(stripped[brain], whole[brain])
     assert not stripped[~brain].any()
     assert whole[~brain].astype(float).mean() > 0.05 * whole[brain].astype(float).mean()
+
+
+def test_a_skull_stripped_follow_up_is_stripped_with_its_own_shrunken_brain(tmp_path):
+    # A stripping tool follows each visit's brain: with atrophy the mask shrinks with the brain
+    # instead of keeping the baseline's outline (which would leave a rim of CSF inside it).
+    from tests.simulate.conftest import SEED, small_config
+
+    from neurocast.simulate import simulate_cohort
+    from neurocast.simulate.config import DEFAULT_ANNUAL_RATES
+
+    # eight times the default tissue loss, so that the outline moves by voxels of the 4 mm grid
+    rates = {g: {dx: 8 * r if r > 0 else r for dx, r in by_dx.items()} for g, by_dx in DEFAULT_ANNUAL_RATES.items()}
+    config = small_config(
+        skull_stripped_fraction=1.0, tumour_fraction=0.0, artefact_fraction=0.0, n_visits=(2, 2), annual_rates=rates
+    )
+    cohort = simulate_cohort(tmp_path, 1, seed=SEED, config=config, progress=False)
+    mask_ml = []
+    for row in cohort.visits.itertuples():
+        sub, ses = row.participant_id, row.session_id
+        img = nib.load(str(cohort.truth_root / sub / ses / "anat" / f"{sub}_{ses}_desc-brain_mask.nii.gz"))
+        brain = np.asarray(img.dataobj) > 0
+        assert not _array(cohort.raw_t1w(sub, ses))[~brain].any()
+        mask_ml.append(brain.sum() * float(np.prod(img.header.get_zooms())) / 1000)
+    true_ratio = cohort.visits.brain_volume_mm3.iloc[1] / cohort.visits.brain_volume_mm3.iloc[0]
+    assert true_ratio < 0.9
+    assert mask_ml[1] / mask_ml[0] == pytest.approx(true_ratio, abs=0.03)

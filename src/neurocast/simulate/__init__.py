@@ -64,9 +64,11 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
   each) whose thickness varies per subject (x0.85-1.2) and smoothly in space (+-20 %). It is closed
   underneath (no neck). A share ``skull_stripped_fraction`` of subjects is delivered skull-stripped:
   the whole head is acquired (artefacts and noise included) and then every voxel outside the true
-  brain mask is set to 0, as a skull-stripping tool delivers a scanner's image (until 2026-12-07
-  those subjects were acquired without the shell, so their background held noise and their motion
-  ghosts lacked the scalp's).
+  brain mask *of that visit* (the baseline's mask carried by the visit's atrophy and mass effect,
+  so it shrinks with the brain) is set to 0, as a skull-stripping tool delivers a scanner's image
+  (until 2026-12-07 those subjects were acquired without the shell, so their background held noise
+  and their motion ghosts lacked the scalp's; until session 28 every visit was stripped with the
+  baseline's outline).
 
 3. Progression (``progression.py``, ``fields.py``)
 -------------------------------------------------
@@ -154,8 +156,8 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
   so preprocessing is exercised. Each native voxel is the mean of the anatomy over the voxel
   (``partial_volume_samples`` sub-voxels per axis, trilinear at their centres), as a real voxel
   records its whole extent; noise is added per native voxel after this. Stored as int16. A
-  subject delivered skull-stripped is then set to 0 outside its brain mask on the native grid
-  (``acquisition.skull_strip``), after the artefact and the noise. The
+  subject delivered skull-stripped is then set to 0 outside the visit's brain mask on the native
+  grid (``acquisition.skull_strip``), after the artefact and the noise. The
   true ``native_to_template`` 4x4 matrix of every visit is in the truth (JSON, and an ANTs
   ``.mat`` in image mode).
 

@@ -18,8 +18,9 @@ For each visit:
    Gaussian noise), and a scanner gain mapping white matter
    to a few hundred to a few thousand; stored as int16.
 4. **Skull stripping** (subjects delivered skull-stripped): the acquired image is set to 0
-   outside the true brain mask (:func:`skull_strip`), after the artefact and the noise, as a
-   skull-stripping tool would deliver it.
+   outside the visit's true brain mask (:func:`skull_strip`), after the artefact and the noise, as
+   a skull-stripping tool would deliver it. The mask follows the visit's brain: the baseline's,
+   carried by the visit's atrophy and mass effect.
 """
 
 from __future__ import annotations

@@ -146,6 +146,7 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
 
     base_img_t = torch.from_numpy(anatomy.image)[None, None]
     base_lab_t = torch.from_numpy(anatomy.labels.astype(np.int32))[None, None]
+    base_brain_t = torch.from_numpy(anatomy.brain_mask.astype(np.float32))[None, None]
     lab_flat = anatomy.labels.ravel().astype(np.int64)
     label_values = np.array(sorted(assets.groups_of_labels), dtype=int)
     nbins = max(int(lab_flat.max()), int(label_values.max()) if len(label_values) else 0) + 1
@@ -179,8 +180,12 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
             img = warp(base_img_t, u_total)[0, 0].numpy()
             img = anom.paint_tumour(img, maps, tumour, anatomy.white_matter)  # type: ignore[arg-type]
         else:
+            u_total = u_k
             img = warp(base_img_t, u_k)[0, 0].numpy()
         img = np.asarray(img, dtype=np.float32)
+        # this visit's brain (atrophy and mass effect move its outline), as a stripping tool finds it;
+        # binarised, so that a zero displacement gives the baseline's mask exactly
+        brain_k = (warp(base_brain_t, u_total)[0, 0].numpy() > 0.5).astype(np.float32)
 
         # acquisition
         acq = acqm.draw_visit_acquisition(seed, index, k, scanner, head.centre_mm, head.outline_mm, config)
@@ -189,7 +194,7 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
         native = acqm.sample_voxel_average(canvas, grid, config.partial_volume_samples)
         artefact = anom.draw_artefact(seed, index, k, config)
         stored = acqm.apply_intensities(native, acq, anatomy.white_matter, artefact)
-        brain_native = acqm.sample(head.embed(anatomy.brain_mask.astype(np.float32)), grid) > 0.5
+        brain_native = acqm.sample(head.embed(brain_k), grid) > 0.5
         if scanner.skull_stripped:
             stored = acqm.skull_strip(stored, brain_native)
         raw = acqm.native_image(stored, acq)
@@ -225,7 +230,8 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
              "Units": "voxel", "ProgressionTimeYears": s, "TimeYears": visit.time_years})
         writer.write_transform(sub, ses, acq.native_to_template, tparams, seed)
         writer.write_truth_nifti(sub, ses, "desc-brain_mask.nii.gz", grid_image(brain_native.numpy().astype(np.uint8), acq.native_affine, code=1),
-                                 tparams, seed, {"Description": "Brain mask on the raw image's grid."})
+                                 tparams, seed, {"Description": "This visit's brain mask on the raw image's grid (the baseline's carried by "
+                                  "the visit's deformation); a skull-stripped image is 0 outside it."})
         tumour_info: dict[str, Any] = {}
         if maps is not None:
             writer.write_truth_nifti(sub, ses, writer.template_name("desc-tumour_dseg"), grid_image(maps["labels"], aff, np.uint8),

@@ -300,8 +300,8 @@ class SimulationConfig:
     """SD of the head translation per visit and axis."""
     skull_stripped_fraction: float = 0.25
     """Share of subjects whose images are delivered skull-stripped: acquired with the synthetic
-    scalp/skull shell like every head, then set to 0 outside the brain mask
-    (:func:`neurocast.simulate.acquisition.skull_strip`)."""
+    scalp/skull shell like every head, then set to 0 outside the visit's brain mask (the baseline's
+    carried by the visit's deformation; :func:`neurocast.simulate.acquisition.skull_strip`)."""
     gamma_subject_sd: float = 0.12
     """SD of the per-subject log gamma of the contrast curve (TorchIO Gamma)."""
     gamma_visit_sd: float = 0.04

@@ -29,7 +29,12 @@ and rule:
   evidence would keep the conditioned one. Needs ``--model``: the unconditioned residual maps of
   the visits that had an earlier scan are computed once and cached in ``WORK/full/maps_noprior``.
 
-Neither session-28 rule met its development criterion (BENCHMARKS.md).
+* ``noise_adjusted`` (session 28, later): ``residual_median``, ``residual_p90`` and ``cjv`` each
+  replaced by its residual from a least-squares line on the scan's own noise estimate
+  (:func:`noise_estimate`), the line fitted on the references the scan is scored against: healthy
+  scans differ in noise level more than mild motion changes them.
+
+None of the session-28 rules met its development criterion (BENCHMARKS.md).
 
 The threshold is set as the package does: each reference scored against the other participants'
 references (leave one out by participant), the ``1 - beta`` quantile at Šidák's per-score rate of
@@ -69,12 +74,29 @@ RULES = {
     "by_prior": "prior",
     "prior_ratio": None,
     "unconditioned": None,
+    "noise_adjusted": None,
 }
 """Rule -> the visit attribute whose references a scan is compared with (``None``: all)."""
 RESIDUAL_FEATURES = ("residual_median", "residual_p90")
 """The features that read the residual map (the others read the image: CJV, ghost ratio)."""
+NOISE_ADJUSTED = ("residual_median", "residual_p90", "cjv")
+"""The features ``noise_adjusted`` replaces by their residual from a line on the noise estimate."""
 NOPRIOR = "maps_noprior"
 """Cache of the unconditioned residual maps of visits that had an earlier scan (in ``work``)."""
+
+
+def noise_estimate(image: Any, region: Any) -> float:
+    """The scan's noise level from its finest detail: 1.4826 MAD of the 6-neighbour Laplacian
+    inside ``region``, over sqrt(42) (the Laplacian's SD for white noise of SD 1). On the 2 mm grid
+    the resampling averages the native noise, so this tracks the simulator's noise level (log-log
+    slope 0.5, R² 0.68 over the healthy visits of ``dev`` and ``devssv2``) rather than equals it."""
+    import numpy as np
+    from scipy import ndimage
+
+    from neurocast.anomaly.scores import MAD_TO_SD
+
+    lap = ndimage.laplace(np.asarray(image, dtype=np.float64))[np.asarray(region, dtype=bool)]
+    return float(MAD_TO_SD * np.median(np.abs(lap - np.median(lap))) / np.sqrt(42.0))
 
 
 def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
@@ -85,7 +107,8 @@ def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
     from neurocast.anomaly.scores import artefact_features
 
     rmap, region, iqms = load_residual(work, key)
-    stripped = bool(B.load_scan(work / "scans" / f"{key}.npz")[0].skull_stripped)
+    scan = B.load_scan(work / "scans" / f"{key}.npz")[0]
+    stripped = bool(scan.skull_stripped)
     feats = artefact_features(rmap, region, iqms)
     unconditioned = dict(feats)
     cached = work / NOPRIOR / f"{key}.npz"
@@ -96,7 +119,7 @@ def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
     elif prior:
         unconditioned = {}
     return {"key": key, "stripped": stripped, "prior": prior, "features": feats,
-            "unconditioned": unconditioned}  # fmt: skip
+            "unconditioned": unconditioned, "noise": noise_estimate(scan.image, region)}  # fmt: skip
 
 
 def cache_unconditioned(work: Path, model: Path, keys: Sequence[str], threads: int = 2) -> None:
@@ -134,32 +157,53 @@ def prior_ratios(refs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+def noise_lines(refs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Per feature of :data:`NOISE_ADJUSTED`, the least-squares line ``(intercept, slope)`` of the
+    references' values on their noise estimates."""
+    import numpy as np
+
+    noise = np.array([r["noise"] for r in refs])
+    out = {}
+    for name in NOISE_ADJUSTED:
+        slope, intercept = np.polyfit(noise, np.array([r["features"][name] for r in refs]), 1)
+        out[name] = (float(intercept), float(slope))
+    return out
+
+
 def rule_features(
-    visit: Mapping[str, Any], rule: str, ratios: Mapping[str, float] | None
+    visit: Mapping[str, Any], rule: str, adjustment: Mapping[str, Any] | None
 ) -> dict[str, float]:
-    """The features a rule scores for a visit."""
+    """The features a rule scores for a visit (``adjustment``: the rule's prior ratios or noise
+    lines, fitted on the references)."""
     if rule == "unconditioned":
         return dict(visit["unconditioned"])
     feats = dict(visit["features"])
-    if rule == "prior_ratio" and visit["prior"] and ratios:
+    if rule == "noise_adjusted" and adjustment:
+        for name in NOISE_ADJUSTED:
+            intercept, slope = adjustment[name]
+            feats[name] -= intercept + slope * visit["noise"]
+        return feats
+    if rule == "prior_ratio" and visit["prior"] and adjustment:
         for name in RESIDUAL_FEATURES:
-            feats[name] /= ratios[name]
+            feats[name] /= adjustment[name]
     return feats
 
 
 def kind_statistics(refs: Sequence[Mapping[str, Any]], min_kind: int, rule: str) -> dict[Any, Any]:
     """Feature statistics: pooled (key ``None``) and per value of the rule's attribute where that
-    value has ``min_kind`` references; ``"ratios"``: the rule's prior ratios (``prior_ratio``)."""
+    value has ``min_kind`` references; ``"adjustment"``: the rule's prior ratios (``prior_ratio``)
+    or noise lines (``noise_adjusted``), else ``None``."""
     from neurocast.anomaly.scores import reference_statistics
 
     attribute = RULES[rule]
-    ratios = prior_ratios(refs) if rule == "prior_ratio" else None
+    fit = {"prior_ratio": prior_ratios, "noise_adjusted": noise_lines}.get(rule)
+    adjustment = fit(refs) if fit else None
     out: dict[Any, Any] = {
-        None: reference_statistics([rule_features(r, rule, ratios) for r in refs]),
-        "ratios": ratios,
+        None: reference_statistics([rule_features(r, rule, adjustment) for r in refs]),
+        "adjustment": adjustment,
     }
     for kind in (False, True) if attribute else ():
-        same = [rule_features(r, rule, ratios) for r in refs if r[attribute] == kind]
+        same = [rule_features(r, rule, adjustment) for r in refs if r[attribute] == kind]
         if len(same) >= min_kind:
             out[kind] = reference_statistics(same)
     return out
@@ -170,7 +214,7 @@ def score(visit: Mapping[str, Any], stats: Mapping[Any, Any], rule: str) -> floa
 
     attribute = RULES[rule]
     ref = stats.get(visit[attribute], stats[None]) if attribute else stats[None]
-    return artefact_score(rule_features(visit, rule, stats["ratios"]), ref)
+    return artefact_score(rule_features(visit, rule, stats["adjustment"]), ref)
 
 
 def evaluate(refs: list[dict[str, Any]], groups: list[str], visits: pd.DataFrame, rule: str,
@@ -191,7 +235,7 @@ def evaluate(refs: list[dict[str, Any]], groups: list[str], visits: pd.DataFrame
         "references_skull_stripped": int(sum(r["stripped"] for r in refs)),
         "references_with_prior": int(sum(r["prior"] for r in refs)),
         "own_statistics_for": [f"{attribute}={k}" for k in (False, True) if k in stats] if attribute else [],
-        "prior_ratios": stats["ratios"],
+        "adjustment": stats["adjustment"],
         "threshold": threshold,
         "healthy_over_threshold": f"{int((healthy['score'] > threshold).sum())}/{len(healthy)}",
         "healthy_median_whole_head": float(healthy.loc[~healthy["stripped"], "score"].median()),

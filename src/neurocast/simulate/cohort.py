@@ -184,8 +184,9 @@ def _simulate_subject(seed: int, index: int, n_subjects: int, config: Simulation
             img = warp(base_img_t, u_k)[0, 0].numpy()
         img = np.asarray(img, dtype=np.float32)
         # this visit's brain (atrophy and mass effect move its outline), as a stripping tool finds it;
-        # binarised, so that a zero displacement gives the baseline's mask exactly
-        brain_k = (warp(base_brain_t, u_total)[0, 0].numpy() > 0.5).astype(np.float32)
+        # kept fractional so that the outline moves by less than a voxel of the working grid (the
+        # native resampling thresholds it); a zero field is skipped, as its warp is not bit-exact
+        brain_k = warp(base_brain_t, u_total)[0, 0].numpy() if torch.any(u_total) else base_brain_t[0, 0].numpy()
 
         # acquisition
         acq = acqm.draw_visit_acquisition(seed, index, k, scanner, head.centre_mm, head.outline_mm, config)

@@ -312,7 +312,7 @@ def test_a_skull_stripped_follow_up_is_stripped_with_its_own_shrunken_brain(tmp_
     from neurocast.simulate import simulate_cohort
     from neurocast.simulate.config import DEFAULT_ANNUAL_RATES
 
-    # eight times the default tissue loss, so that the outline moves by voxels of the 4 mm grid
+    # eight times the default tissue loss, so that the outline moves by more than a voxel of the 4 mm grid
     rates = {g: {dx: 8 * r if r > 0 else r for dx, r in by_dx.items()} for g, by_dx in DEFAULT_ANNUAL_RATES.items()}
     config = small_config(
         skull_stripped_fraction=1.0, tumour_fraction=0.0, artefact_fraction=0.0, n_visits=(2, 2), annual_rates=rates

@@ -67,8 +67,8 @@ working grid of ``grid_spacing_mm`` (default 2 mm), then a scanner "acquires" th
   brain mask *of that visit* (the baseline's mask carried by the visit's atrophy and mass effect,
   so it shrinks with the brain) is set to 0, as a skull-stripping tool delivers a scanner's image
   (until 2026-12-07 those subjects were acquired without the shell, so their background held noise
-  and their motion ghosts lacked the scalp's; until session 28 every visit was stripped with the
-  baseline's outline).
+  and their motion ghosts lacked the scalp's, and every visit was stripped with the baseline's
+  outline).
 
 3. Progression (``progression.py``, ``fields.py``)
 -------------------------------------------------

@@ -57,6 +57,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,7 +91,6 @@ def noise_estimate(image: Any, region: Any) -> float:
     inside ``region``, over sqrt(42) (the Laplacian's SD for white noise of SD 1). On the 2 mm grid
     the resampling averages the native noise, so this tracks the simulator's noise level (log-log
     slope 0.5, R² 0.68 over the healthy visits of ``dev`` and ``devssv2``) rather than equals it."""
-    import numpy as np
     from scipy import ndimage
 
     from neurocast.anomaly.scores import MAD_TO_SD
@@ -102,8 +102,6 @@ def noise_estimate(image: Any, region: Any) -> float:
 def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
     """A cached visit's artefact features (conditioned as scored, and from the unconditioned
     reconstruction where that is cached), whether it is skull-stripped and had a prior."""
-    import numpy as np
-
     from neurocast.anomaly.scores import artefact_features
 
     rmap, region, iqms = load_residual(work, key)
@@ -125,7 +123,6 @@ def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
 def cache_unconditioned(work: Path, model: Path, keys: Sequence[str], threads: int = 2) -> None:
     """Compute and cache the residual maps without the earlier scan of ``keys`` (visits that had
     one), as :meth:`neurocast.anomaly.AnomalyDetector.residual_map` with ``use_prior=False``."""
-    import numpy as np
     import torch
 
     from neurocast.anomaly import AnomalyDetector
@@ -147,8 +144,6 @@ def cache_unconditioned(work: Path, model: Path, keys: Sequence[str], threads: i
 def prior_ratios(refs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Per residual feature, the references' median with an earlier scan over their median
     without one (1 where either group is empty)."""
-    import numpy as np
-
     out = {}
     for name in RESIDUAL_FEATURES:
         w = [r["features"][name] for r in refs if r["prior"]]
@@ -160,8 +155,6 @@ def prior_ratios(refs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 def noise_lines(refs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
     """Per feature of :data:`NOISE_ADJUSTED`, the least-squares line ``(intercept, slope)`` of the
     references' values on their noise estimates."""
-    import numpy as np
-
     noise = np.array([r["noise"] for r in refs])
     out = {}
     for name in NOISE_ADJUSTED:

@@ -64,10 +64,10 @@ figures, not a volumetric segmentation.
 
 Why the core: how much extra-cerebral CSF a brain mask holds depends on where it came from, not
 on the scan's quality. A skull-stripped input's mask follows the stripping tool's margin (about
-2080 ml on the simulated scans of session 26), a whole-head scan's the template's brain (about 1750 ml). Over
-the whole mask the extra CSF moved the GM/WM class boundary, and skull-stripped healthy scans had
-a CJV of 0.67 against 0.61 for whole-head ones (2-3 reference spreads), which put them among the
-motion scans on the artefact score. In the core both kinds give 0.61-0.62. Chosen on the
+2080 ml on the simulated scans of session 26), a whole-head scan's the template's brain (about
+1750 ml). Over the whole mask the extra CSF moved the GM/WM class boundary, and skull-stripped
+healthy scans had a CJV of 0.67 against 0.61 for whole-head ones (2-3 reference spreads), which
+put them among the motion scans on the artefact score. In the core both kinds give 0.61-0.62. Chosen on the
 benchmark's development cohorts with the adoption rule written first (``BENCHMARKS.md``,
 session 26): moderate-motion AUROC of the artefact score 0.79 -> 0.90, and 0.68 -> 0.85 among
 skull-stripped scans, with no more healthy scans over the threshold. A mask too small to have a

@@ -31,10 +31,16 @@ and rule:
 
 * ``noise_adjusted`` (session 28, later): ``residual_median``, ``residual_p90`` and ``cjv`` each
   replaced by its residual from a least-squares line on the scan's own noise estimate
-  (:func:`noise_estimate`), the line fitted on the references the scan is scored against: healthy
+  (:func:`laplacian_noise_sd`), the line fitted on the references the scan is scored against: healthy
   scans differ in noise level more than mild motion changes them.
 
-None of the session-28 rules met its development criterion (BENCHMARKS.md).
+* ``noise_adjusted_axis`` and ``noise_adjusted_prior`` (session 29): the same lines on another
+  noise estimate: the smallest over the three axes of the noise read from the second difference
+  along that axis (:func:`neurocast.anomaly.scores.image_noise_sd`: motion's ghosts run along one
+  axis), or, for a visit with an earlier scan, the earlier scan's Laplacian estimate.
+
+None of the session-28 rules met its development criterion (BENCHMARKS.md). Session 29's
+``noise_adjusted_axis`` met its own and, after a fresh test cohort, is what the package does.
 
 The threshold is set as the package does: each reference scored against the other participants'
 references (leave one out by participant), the ``1 - beta`` quantile at Šidák's per-score rate of
@@ -76,21 +82,28 @@ RULES = {
     "prior_ratio": None,
     "unconditioned": None,
     "noise_adjusted": None,
+    "noise_adjusted_axis": None,
+    "noise_adjusted_prior": None,
 }
 """Rule -> the visit attribute whose references a scan is compared with (``None``: all)."""
 RESIDUAL_FEATURES = ("residual_median", "residual_p90")
 """The features that read the residual map (the others read the image: CJV, ghost ratio)."""
 NOISE_ADJUSTED = ("residual_median", "residual_p90", "cjv")
 """The features ``noise_adjusted`` replaces by their residual from a line on the noise estimate."""
+NOISE_KEYS = {"noise_adjusted": "noise", "noise_adjusted_axis": "noise_axis", "noise_adjusted_prior": "noise_prior"}
+"""Rule -> the noise estimate its lines are fitted on (a visit's key)."""
+
+
 NOPRIOR = "maps_noprior"
 """Cache of the unconditioned residual maps of visits that had an earlier scan (in ``work``)."""
 
 
-def noise_estimate(image: Any, region: Any) -> float:
-    """The scan's noise level from its finest detail: 1.4826 MAD of the 6-neighbour Laplacian
-    inside ``region``, over sqrt(42) (the Laplacian's SD for white noise of SD 1). On the 2 mm grid
-    the resampling averages the native noise, so this tracks the simulator's noise level (log-log
-    slope 0.5, R² 0.68 over the healthy visits of ``dev`` and ``devssv2``) rather than equals it."""
+def laplacian_noise_sd(image: Any, region: Any) -> float:
+    """Session 28's noise estimate: 1.4826 MAD of the 6-neighbour Laplacian inside ``region``, over
+    sqrt(42) (the Laplacian's SD for white noise of SD 1). On the 2 mm grid the resampling averages
+    the native noise, so this tracks the simulator's noise level (log-log slope 0.5, R² 0.68 over
+    the healthy visits of ``dev`` and ``devssv2``) rather than equals it. Motion raises it too:
+    the package reads the smallest axis instead (:func:`neurocast.anomaly.scores.image_noise_sd`)."""
     from scipy import ndimage
 
     from neurocast.anomaly.scores import MAD_TO_SD
@@ -99,10 +112,10 @@ def noise_estimate(image: Any, region: Any) -> float:
     return float(MAD_TO_SD * np.median(np.abs(lap - np.median(lap))) / np.sqrt(42.0))
 
 
-def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
+def visit_features(work: Path, key: str, prior: bool, prior_key: str | None = None) -> dict[str, Any]:
     """A cached visit's artefact features (conditioned as scored, and from the unconditioned
     reconstruction where that is cached), whether it is skull-stripped and had a prior."""
-    from neurocast.anomaly.scores import artefact_features
+    from neurocast.anomaly.scores import artefact_features, image_noise_sd
 
     rmap, region, iqms = load_residual(work, key)
     scan = B.load_scan(work / "scans" / f"{key}.npz")[0]
@@ -117,7 +130,10 @@ def visit_features(work: Path, key: str, prior: bool) -> dict[str, Any]:
     elif prior:
         unconditioned = {}
     return {"key": key, "stripped": stripped, "prior": prior, "features": feats,
-            "unconditioned": unconditioned, "noise": noise_estimate(scan.image, region)}  # fmt: skip
+            "unconditioned": unconditioned, "noise": laplacian_noise_sd(scan.image, region),
+            "noise_axis": image_noise_sd(scan.image, region),
+            "noise_prior": (laplacian_noise_sd(B.load_scan(work / "scans" / f"{prior_key}.npz")[0].image, region)
+                            if prior_key else laplacian_noise_sd(scan.image, region))}  # fmt: skip
 
 
 def cache_unconditioned(work: Path, model: Path, keys: Sequence[str], threads: int = 2) -> None:
@@ -152,15 +168,13 @@ def prior_ratios(refs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
-def noise_lines(refs: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+def noise_lines(refs: Sequence[Mapping[str, Any]], key: str = "noise") -> dict[str, tuple[float, float]]:
     """Per feature of :data:`NOISE_ADJUSTED`, the least-squares line ``(intercept, slope)`` of the
     references' values on their noise estimates."""
-    noise = np.array([r["noise"] for r in refs])
-    out = {}
-    for name in NOISE_ADJUSTED:
-        slope, intercept = np.polyfit(noise, np.array([r["features"][name] for r in refs]), 1)
-        out[name] = (float(intercept), float(slope))
-    return out
+    from neurocast.anomaly.scores import fit_noise_lines
+
+    lines = fit_noise_lines([r["features"] for r in refs], [r[key] for r in refs])
+    return {name: (lines[name]["intercept"], lines[name]["slope"]) for name in NOISE_ADJUSTED}
 
 
 def rule_features(
@@ -171,10 +185,10 @@ def rule_features(
     if rule == "unconditioned":
         return dict(visit["unconditioned"])
     feats = dict(visit["features"])
-    if rule == "noise_adjusted" and adjustment:
+    if rule in NOISE_KEYS and adjustment:
         for name in NOISE_ADJUSTED:
             intercept, slope = adjustment[name]
-            feats[name] -= intercept + slope * visit["noise"]
+            feats[name] -= intercept + slope * visit[NOISE_KEYS[rule]]
         return feats
     if rule == "prior_ratio" and visit["prior"] and adjustment:
         for name in RESIDUAL_FEATURES:
@@ -189,8 +203,10 @@ def kind_statistics(refs: Sequence[Mapping[str, Any]], min_kind: int, rule: str)
     from neurocast.anomaly.scores import reference_statistics
 
     attribute = RULES[rule]
-    fit = {"prior_ratio": prior_ratios, "noise_adjusted": noise_lines}.get(rule)
-    adjustment = fit(refs) if fit else None
+    if rule in NOISE_KEYS:
+        adjustment = noise_lines(refs, NOISE_KEYS[rule])
+    else:
+        adjustment = prior_ratios(refs) if rule == "prior_ratio" else None
     out: dict[Any, Any] = {
         None: reference_statistics([rule_features(r, rule, adjustment) for r in refs]),
         "adjustment": adjustment,
@@ -300,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             cache_unconditioned(
                 work, args.model, [r.key for r in scored if prior[r.key] is not None], args.threads
             )
-        return [(visit_features(work, r.key, prior[r.key] is not None), r) for r in scored]  # fmt: skip
+        return [(visit_features(work, r.key, prior[r.key] is not None, prior[r.key]), r) for r in scored]  # fmt: skip
 
     shipped = [v for v, _ in cohort_visits("calib")]
     shipped_groups = [v["key"].split("_")[1] for v in shipped]

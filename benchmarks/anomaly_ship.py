@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     res = json.loads(args.results.read_text())
     metrics = {k: res[k] for k in HEADLINE if k in res}
     metrics["benchmark"] = (
-        "benchmarks/anomaly_benchmark.py (held-out simulated cohort, seed 404; see BENCHMARKS.md)"
+        f"benchmarks/anomaly_benchmark.py (held-out simulated cohort {res.get('test_cohort', 'test')}, "
+        f"seed {res.get('test_seed', 404)}; see BENCHMARKS.md)"
     )
     det.training_.setdefault("data_summary", {})["note"] = NOTE
     tmp = args.out.with_name(args.out.name + ".part")

@@ -21,8 +21,11 @@ from neurocast.anomaly.scores import (
     ARTEFACT_FEATURES,
     artefact_features,
     artefact_score,
+    fit_noise_lines,
+    image_noise_sd,
     leave_one_out_artefact_scores,
     lesion_score,
+    noise_adjusted_features,
     reference_statistics,
 )
 
@@ -146,6 +149,62 @@ def test_leave_one_group_out_artefact_scores_leave_out_the_whole_subject() -> No
     )
     with pytest.raises(ValueError, match="one group per reference"):
         leave_one_out_artefact_scores(refs, groups=groups[:3])
+
+
+def test_the_noise_level_is_read_from_fine_detail_not_from_smooth_anatomy() -> None:
+    rng = np.random.default_rng(5)
+    shape = (40, 40, 40)
+    x = np.linspace(0.0, 1.0, shape[0])[:, None, None]
+    anatomy = 0.5 + 0.4 * np.sin(3 * x) * np.ones(shape)  # smooth on the voxel scale
+    region = np.zeros(shape, bool)
+    region[4:-4, 4:-4, 4:-4] = True
+    for sd in (0.01, 0.04):
+        noisy = anatomy + rng.normal(0, sd, shape)
+        assert image_noise_sd(noisy, region) == pytest.approx(sd, rel=0.05)
+    assert image_noise_sd(anatomy, region) < 0.002
+    assert math.isnan(image_noise_sd(anatomy, np.zeros(shape, bool)))
+    # ringing along one axis (motion's ghosts run along the phase-encoding direction) is not noise
+    noisy = anatomy + rng.normal(0, 0.02, shape)
+    ringing = 0.03 * np.cos(np.pi * np.arange(shape[1]))[None, :, None] * np.ones(shape)
+    assert image_noise_sd(noisy + ringing, region) == pytest.approx(0.02, rel=0.05)
+
+
+def test_noise_adjusted_features_score_a_noisier_healthy_scan_as_typical_and_raised_residual_high() -> None:
+    """Healthy residuals grow with the noise level; taken off the references' line, a healthy scan
+    noisier than every reference is typical, while motion (residual raised at the same noise) is not."""
+    noise = np.linspace(0.010, 0.030, 12)
+    refs = [
+        dict.fromkeys(ARTEFACT_FEATURES, math.nan)
+        | {"residual_median": 0.02 + 1.5 * x + 0.0005 * (i % 3 - 1), "residual_p90": 0.05 + 3.0 * x + 0.001 * (i % 2),
+           "cjv": 0.55 + 2.0 * x + 0.002 * (i % 4 - 1.5)}
+        for i, x in enumerate(noise)
+    ]  # fmt: skip
+    lines = fit_noise_lines(refs, noise)
+    assert set(lines) == {"residual_median", "residual_p90", "cjv"}  # the ghost ratio is undefined here
+    assert lines["residual_median"]["slope"] == pytest.approx(1.5, rel=0.05)
+    adjusted = [noise_adjusted_features(r, x, lines) for r, x in zip(refs, noise, strict=True)]
+    stats, plain_stats = reference_statistics(adjusted), reference_statistics(refs)
+    x = 0.045  # noisier than every reference, healthy: on the lines
+    noisy = {"residual_median": 0.02 + 1.5 * x, "residual_p90": 0.05 + 3.0 * x, "cjv": 0.55 + 2.0 * x}
+    assert artefact_score(noisy, plain_stats) > 2.5  # the plain rule flags it
+    assert abs(artefact_score(noise_adjusted_features(noisy, x, lines), stats)) < 0.5
+    x = 0.02  # motion: the residual raised at a typical noise level
+    moved = {"residual_median": 0.02 + 1.5 * x + 0.01, "residual_p90": 0.05 + 3.0 * x + 0.02, "cjv": 0.55 + 2.0 * x}
+    assert artefact_score(noise_adjusted_features(moved, x, lines), stats) > 1.5
+    with pytest.raises(ValueError, match="image noise SD"):
+        noise_adjusted_features(moved, None, lines)
+    assert noise_adjusted_features(moved, None, None) == moved  # no lines: as read
+    # the calibration's leave-one-out refits the lines without the reference it scores
+    loo = leave_one_out_artefact_scores(refs, noise_sds=list(noise))
+    others = [r for j, r in enumerate(refs) if j != 3]
+    own_lines = fit_noise_lines(others, [x for j, x in enumerate(noise) if j != 3])
+    expected = artefact_score(
+        noise_adjusted_features(refs[3], noise[3], own_lines),
+        reference_statistics([noise_adjusted_features(r, x, own_lines) for r, x in zip(others, np.delete(noise, 3), strict=True)]),
+    )
+    assert loo[3] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="one image noise SD per reference"):
+        leave_one_out_artefact_scores(refs, noise_sds=list(noise[:3]))
 
 
 def test_one_feature_far_off_the_references_cannot_carry_the_artefact_score_alone() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from neurocast.anomaly import AnomalyDetector
 from neurocast.anomaly.scan import Scan
+from neurocast.anomaly.scores import image_noise_sd
 from neurocast.anomaly.training import SliceDataset, slice_inputs
 from neurocast.errors import CheckpointError
 
@@ -75,6 +76,9 @@ def test_save_and_load_round_trip(tiny_detector, make_scan, tmp_path) -> None:
     scan = make_scan(14, blob=True)
     a, b = tiny_detector.score(scan), det.score(scan)
     assert np.array_equal(a.anomaly_map, b.anomaly_map) and a.flag == b.flag
+    assert info["calibration"]["noise_lines"]  # calibrated on scans: the features' noise lines
+    assert det.calibration_.noise_lines == tiny_detector.calibration_.noise_lines
+    assert a.artefact_score == b.artefact_score and a.feature_z == b.feature_z
     assert det.model_card_sha256_ == tiny_detector.model_card_sha256_
 
 
@@ -276,12 +280,19 @@ def test_calibration_from_residual_maps_matches_calibration_from_scans(
     rmaps = [det.residual_map(s)[0] for s in refs]
     regions = [det.region(s) for s in refs]
     iqms = [s.iqms for s in refs]
+    noise = [image_noise_sd(s.image, r) for s, r in zip(refs, regions, strict=True)]
     cal = det.calibrate(refs).calibration_
-    again = det.calibrate_residuals(rmaps, regions, iqms, references=cal.extra["references"]).calibration_
+    again = det.calibrate_residuals(
+        rmaps, regions, iqms, references=cal.extra["references"], noise_sds=noise
+    ).calibration_
     assert again.to_dict() == cal.to_dict()
     scan = make_scan(21, blob=True)
     res = det.score(scan)
-    judged = det.judge_residual(det.residual_map(scan)[0], det.region(scan), scan.iqms)
+    rmap, region = det.residual_map(scan)[0], det.region(scan)
+    judged = det.judge_residual(rmap, region, scan.iqms, noise_sd=image_noise_sd(scan.image, region))
+    assert judged.feature_z == res.feature_z and judged.noise_sd == res.noise_sd
+    with pytest.raises(ValueError, match="give the scan's image noise SD"):
+        det.judge_residual(rmap, region, scan.iqms)
     assert (judged.flag, judged.lesion_score, judged.artefact_score) == (res.flag, res.lesion_score, res.artefact_score)
     assert np.array_equal(judged.anomaly_map, res.anomaly_map)
     # by subject: three subjects of two visits each, each scored against the other two

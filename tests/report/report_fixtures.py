@@ -79,7 +79,7 @@ def make_output(
                           "artefact_percentile": 61.0, "anomaly_volume_mm3": 216.0,
                           "used_prior": True, "clusters": [{"volume_mm3": 216.0}],
                           "iqms": {"snr_total": 18.2, "cjv": 0.52, "ghost_ratio": 0.004},
-                          "artefact_feature_z": {"residual_median": 0.3, "ghost_ratio": 2.5},
+                          "artefact_feature_z": {"residual_median": 0.3, "ghost_ratio": 2.5}, "noise_sd": 0.0217,
                           "lesion_evidence": {"mass": 3615.0, "peak": 21.75}}  # fmt: skip
                 row = {"participant_id": sub, "session_id": ses, "flag": qa_flag,
                        "n_clusters": 1, "largest_cluster_mm3": 216.0}  # fmt: skip

@@ -51,6 +51,7 @@ def test_full_participant_page(full_output: Path) -> None:
     assert "review-lesion" in page and "99.2" in page and "812.500" in page  # nested record
     assert "snr_total" in page and "calibration lesion_threshold" in page
     assert "artefact evidence: ghost_ratio (robust z)" in page  # why the artefact score is what it is
+    assert "<td>noise_sd</td><td>0.022</td>" in page  # the noise level the features were read against
     assert "lesion evidence: peak" in page and "21.75" in page  # and the lesion score
     assert "42.0" in page and "IQM snr" in page  # the flat record
     assert "+5.0 y" in page and "Left-Hippocampus" in page

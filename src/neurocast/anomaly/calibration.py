@@ -125,7 +125,13 @@ class Calibration:
             divides by (``None``: a calibration from before the peak was read; the lesion
             score is the cluster mass alone).
         lesion_reference, artefact_reference: the reference scores, sorted.
-        feature_reference: median and scale of each artefact feature over the references.
+        feature_reference: median and scale of each artefact feature over the references
+            (of the noise-adjusted features where there are ``noise_lines``).
+        noise_lines: per artefact feature that grows with the noise level, the references'
+            least-squares line on their noise levels (``{"intercept", "slope", "n"}``,
+            :func:`~neurocast.anomaly.scores.fit_noise_lines`); a scan's feature is scored by its
+            residual from that line. ``None``: the features are scored as they are (calibrations
+            from before the noise level was read, or made without the scans' images).
         n_references: number of reference scans.
         extra: free-form JSON (e.g. the references' identifiers).
     """
@@ -145,6 +151,7 @@ class Calibration:
     grow_quantile: float = float("nan")
     residual_level: float | None = None
     lesion_scales: dict[str, float] | None = None
+    noise_lines: dict[str, dict[str, float]] | None = None
 
     @property
     def at_reference_maximum(self) -> bool:
@@ -273,6 +280,10 @@ class Calibration:
                 None if d.get("lesion_scales") is None
                 else {k: float(v) for k, v in dict(d["lesion_scales"]).items()}
             ),
+            noise_lines=(
+                None if d.get("noise_lines") is None
+                else {k: {kk: float(vv) for kk, vv in dict(v).items()} for k, v in dict(d["noise_lines"]).items()}
+            ),
         )
 
 
@@ -299,6 +310,7 @@ def calibrate_scores(
     grow_quantile: float = float("nan"),
     residual_level: float | None = None,
     lesion_scales: Mapping[str, float] | None = None,
+    noise_lines: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Calibration:
     """A :class:`Calibration` from the two scores of healthy reference scans.
 
@@ -313,6 +325,8 @@ def calibrate_scores(
         lesion_scales: the lesion readings' reference thresholds the lesion scores were made
             with (recorded; ``None``: the scores are cluster masses).
         feature_reference: the artefact features' reference statistics.
+        noise_lines: the artefact features' lines on the noise level the scores were made with
+            (recorded; ``None``: the features were scored as they are).
         extra: more JSON to keep.
     """
     les = np.asarray(lesion_scores, dtype=np.float64)
@@ -336,6 +350,7 @@ def calibrate_scores(
         grow_quantile=float(grow_quantile),
         residual_level=None if residual_level is None else float(residual_level),
         lesion_scales=None if lesion_scales is None else {k: float(v) for k, v in lesion_scales.items()},
+        noise_lines=None if noise_lines is None else {k: dict(v) for k, v in noise_lines.items()},
     )
 
 

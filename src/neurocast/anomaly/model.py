@@ -6,10 +6,11 @@
 1. :meth:`~AnomalyDetector.fit` trains the backbone (:mod:`neurocast.backbone`) on axial slices of
    healthy scans on the working grid (:mod:`neurocast.anomaly.training`);
 2. :meth:`~AnomalyDetector.calibrate` scores healthy reference scans (not used for training) and
-   sets the thresholds at the chosen false-positive rate (:mod:`neurocast.anomaly.calibration`);
-   given each reference's participant (``groups``), a reference is scored against the other
-   participants' references only; :meth:`~AnomalyDetector.calibrate_residuals` does the same
-   from residual maps already computed;
+   sets the thresholds at the chosen false-positive rate (:mod:`neurocast.anomaly.calibration`),
+   with the artefact features read against the references' lines on their noise level
+   (:mod:`neurocast.anomaly.scores`); given each reference's participant (``groups``), a
+   reference is scored against the other participants' references only;
+   :meth:`~AnomalyDetector.calibrate_residuals` does the same from residual maps already computed;
 3. :meth:`~AnomalyDetector.score` reconstructs a scan from partially noised copies, turns the
    residual into a residual map (:mod:`neurocast.anomaly.maps`), divides it by how far its
    median stands above the highest of the healthy references' (``level_scaling``; 1 for scans
@@ -69,7 +70,7 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args
 
@@ -97,10 +98,13 @@ from neurocast.anomaly.scores import (
     artefact_score,
     combined_lesion_score,
     feature_zscores,
+    fit_noise_lines,
+    image_noise_sd,
     largest_cluster_share,
     leave_one_out_artefact_scores,
     lesion_evidence,
     level_scale,
+    noise_adjusted_features,
     reference_statistics,
     summarise,
 )
@@ -155,7 +159,11 @@ class ResidualJudgement:
             standard deviations, :mod:`neurocast.anomaly.normative`), or, for a detector
             calibrated without them, the residual map itself (normalised intensity units).
         components: supra-threshold clusters, largest mass first.
-        features: the artefact features.
+        features: the artefact features as read (:func:`~neurocast.anomaly.scores.artefact_features`).
+        feature_z: the artefact features' robust z-scores against the references, as the
+            artefact score reads them (noise-adjusted where the calibration has noise lines).
+        noise_sd: the scan's image noise SD
+            (:func:`~neurocast.anomaly.scores.image_noise_sd`; ``NaN`` when not given).
         lesion_score, artefact_score: the two scores (see :mod:`neurocast.anomaly.scores`).
         flag: ``pass``, ``review-lesion`` or ``review-artefact``.
         percentile: percentile of the deciding score among the healthy references (%).
@@ -172,6 +180,8 @@ class ResidualJudgement:
     anomaly_map: np.ndarray
     components: list[Component]
     features: dict[str, float]
+    feature_z: dict[str, float]
+    noise_sd: float
     lesion_score: float
     artefact_score: float
     flag: str
@@ -194,7 +204,6 @@ class AnomalyResult(ResidualJudgement):
             connected voxels above the grow threshold (:meth:`AnomalyDetector.mask_of`).
         reconstruction: the pseudo-healthy image (mean over noise levels), on ``grid``.
         grid: the working grid.
-        feature_z: the artefact features' robust z-scores.
         iqms: the scan's MRIQC metrics (``None`` if not computed).
         used_prior: whether an earlier scan conditioned the reconstruction.
         native_map: the anomaly map resampled to the scan's native grid (``None`` without one).
@@ -207,7 +216,6 @@ class AnomalyResult(ResidualJudgement):
     mask: np.ndarray
     reconstruction: np.ndarray
     grid: Grid
-    feature_z: dict[str, float] = field(default_factory=dict)
     iqms: IQMResult | None = None
     used_prior: bool = False
     native_map: nib.Nifti1Image | None = None
@@ -247,6 +255,7 @@ class AnomalyResult(ResidualJudgement):
             "used_prior": self.used_prior,
             "artefact_features": summarise(self.features),
             "artefact_feature_z": summarise(self.feature_z),
+            "noise_sd": num(self.noise_sd),
             "clusters": [c.to_dict() for c in self.components[:5]],
             "iqms": self.iqms.to_dict() if self.iqms is not None else None,
         }
@@ -635,13 +644,15 @@ class AnomalyDetector:
         self._check_fitted()
         if len(healthy_scans) < 2:
             raise ValueError("calibration needs at least two healthy reference scans")
-        rmaps, regions, iqms = [], [], []
+        rmaps, regions, iqms, noise = [], [], [], []
         for s in healthy_scans:
             self._check_grid(s)
             rmap, _, _ = self.residual_map(s)
+            region = self.region(s)
             rmaps.append(rmap)
-            regions.append(self.region(s))
+            regions.append(region)
             iqms.append(s.iqms)
+            noise.append(image_noise_sd(s.image, region))
         return self.calibrate_residuals(
             rmaps,
             regions,
@@ -649,6 +660,7 @@ class AnomalyDetector:
             fpr=fpr,
             groups=groups,
             references=[s.source or f"scan {i}" for i, s in enumerate(healthy_scans)],
+            noise_sds=noise,
         )
 
     def calibrate_residuals(
@@ -660,6 +672,7 @@ class AnomalyDetector:
         fpr: float | None = None,
         groups: Sequence[Any] | None = None,
         references: Sequence[str] | None = None,
+        noise_sds: Sequence[float] | None = None,
     ) -> AnomalyDetector:
         """:meth:`calibrate` from the references' residual maps (:meth:`residual_map`), e.g. to
         calibrate the same weights on several reference sets without reconstructing again.
@@ -677,6 +690,11 @@ class AnomalyDetector:
             fpr: false-positive rate (default the constructor's ``fpr``).
             groups: one label per reference (``None``: each reference its own group).
             references: identifiers recorded in the calibration (default ``"scan i"``).
+            noise_sds: the references' image noise SDs
+                (:func:`~neurocast.anomaly.scores.image_noise_sd` of each prepared image in
+                its region), which :meth:`calibrate` gives: the calibration then fits the noise
+                lines of the artefact features and scores them noise-adjusted. ``None``: no lines
+                (the features are scored as they are).
 
         Returns:
             ``self`` with ``calibration_`` (and ``normative_``) set.
@@ -691,6 +709,8 @@ class AnomalyDetector:
             raise ValueError(f"give one group per reference: {len(groups)} groups for {n} references")
         if groups is not None and len(set(groups)) < 2:
             raise ValueError("calibration by groups needs references from at least two groups")
+        if noise_sds is not None and len(noise_sds) != n:
+            raise ValueError(f"give one image noise SD per reference: {len(noise_sds)} for {n} references")
         feats = [artefact_features(m, r, q) for m, r, q in zip(residual_maps, regions, iqms, strict=True)]
         fpr = self.fpr if fpr is None else float(fpr)
         maps, residual_level, self.normative_ = self._reference_maps(residual_maps, regions, groups)
@@ -704,7 +724,9 @@ class AnomalyDetector:
         rate = per_score_rate(fpr, 2)
         scales = {k: threshold_at_rate([e[k] for e in evidence], rate) for k in LESION_EVIDENCE}
         les = [combined_lesion_score(e, scales) for e in evidence]
-        art = leave_one_out_artefact_scores(feats, groups=groups)
+        art = leave_one_out_artefact_scores(feats, groups=groups, noise_sds=noise_sds)
+        lines = fit_noise_lines(feats, noise_sds) if noise_sds is not None else None
+        scored = [noise_adjusted_features(f, x, lines) for f, x in zip(feats, noise_sds or [None] * n, strict=True)]
         names = list(references) if references is not None else [f"scan {i}" for i in range(n)]
         self.calibration_ = calibrate_scores(
             les,
@@ -716,7 +738,8 @@ class AnomalyDetector:
             grow_quantile=self.grow_quantile if grow else float("nan"),
             residual_level=residual_level,
             lesion_scales=scales,
-            feature_reference=reference_statistics(feats),
+            feature_reference=reference_statistics(scored),
+            noise_lines=lines,
             extra={
                 "references": names,
                 "artefact_score_rule": ARTEFACT_SCORE_RULE,
@@ -775,7 +798,8 @@ class AnomalyDetector:
             raise RuntimeError("this AnomalyDetector is not calibrated: call calibrate() first")
         t0 = time.perf_counter()
         rmap, recon, _ = self.residual_map(scan, use_prior=use_prior)
-        judged = self.judge_residual(rmap, self.region(scan), scan.iqms)
+        region = self.region(scan)
+        judged = self.judge_residual(rmap, region, scan.iqms, noise_sd=image_noise_sd(scan.image, region))
         amap = judged.anomaly_map
         native = native_map(amap, scan) if scan.has_native else None
         return AnomalyResult(
@@ -783,7 +807,6 @@ class AnomalyDetector:
             mask=self.mask_of(amap, within=scan.brain_mask),
             reconstruction=recon,
             grid=scan.grid,
-            feature_z=feature_zscores(judged.features, cal.feature_reference),
             iqms=scan.iqms,
             used_prior=bool(use_prior and scan.has_prior),
             native_map=native,
@@ -809,7 +832,12 @@ class AnomalyDetector:
         return dilated_mask(grown, self.mask_dilation_mm, self.grid_.spacing_mm, within)
 
     def judge_residual(
-        self, residual_map: np.ndarray, region: np.ndarray, iqms: IQMResult | None = None
+        self,
+        residual_map: np.ndarray,
+        region: np.ndarray,
+        iqms: IQMResult | None = None,
+        *,
+        noise_sd: float | None = None,
     ) -> ResidualJudgement:
         """Scores, flag and percentiles of a scan from its residual map (:meth:`residual_map`),
         without reconstructing: what :meth:`score` does after the reconstruction.
@@ -819,6 +847,11 @@ class AnomalyDetector:
             region: the scan's eroded brain mask (:meth:`region`).
             iqms: the scan's image quality metrics (``None``: the artefact score reads the
                 residual features only).
+            noise_sd: the scan's image noise SD (:func:`~neurocast.anomaly.scores.image_noise_sd`
+                of the prepared image in ``region``); needed when the calibration has noise lines.
+
+        Raises:
+            ValueError: the calibration has noise lines and no ``noise_sd`` was given.
         """
         cal = getattr(self, "calibration_", None)
         if cal is None:
@@ -833,13 +866,16 @@ class AnomalyDetector:
             amap, region, cal.voxel_threshold, min_voxels=self._min_voxels(), voxel_volume_mm3=vv
         )
         les = evidence["mass"] if cal.lesion_scales is None else combined_lesion_score(evidence, cal.lesion_scales)
-        art = artefact_score(feats, cal.feature_reference)
+        scored = noise_adjusted_features(feats, noise_sd, cal.noise_lines)
+        art = artefact_score(scored, cal.feature_reference)
         share = largest_cluster_share(comps)
         verdict = cal.assess(les, art, share)
         return ResidualJudgement(
             anomaly_map=amap,
             components=comps,
             features=feats,
+            feature_z=feature_zscores(scored, cal.feature_reference),
+            noise_sd=float("nan") if noise_sd is None else float(noise_sd),
             lesion_score=float(les),
             artefact_score=float(art),
             flag=verdict["flag"],

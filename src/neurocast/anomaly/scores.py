@@ -54,6 +54,21 @@ z-scores of the features that are defined for this scan (skull-stripped scans ha
 ratio), each z-score first clipped to ``±Z_CLIP`` (3). The combination is unsupervised: it uses
 no labelled artefacts (the logistic-regression baseline of the benchmark does).
 
+**The noise level is taken out** of ``residual_median``, ``residual_p90`` and ``cjv``
+(:data:`NOISE_ADJUSTED_FEATURES`). All three grow with a scan's noise level: the network does not
+reconstruct noise, and noise spreads the tissue classes. Healthy scans differ in noise level
+(scanner, voxel size, averages) more than mild or moderate motion changes them, so a healthy but
+noisy scan could outscore a moving one. A calibration made from scans
+(:meth:`~neurocast.anomaly.AnomalyDetector.calibrate`) therefore reads each reference's noise
+level from its prepared image (:func:`image_noise_sd`: the finest detail along the axis where it
+is smallest, so that motion's ghosts, which run along one axis, do not pass for noise), fits a
+least-squares line of each of the three features on it over the references
+(:func:`fit_noise_lines`, stored in the calibration's ``noise_lines``), and scores every scan by
+its features' residuals from those lines (:func:`noise_adjusted_features`): the statistics and
+the z-scores above are those of the residuals. The ghost ratio is read as it is. A calibration
+without lines (made from residual maps alone, or before this was added) scores the features as
+read.
+
 Why these four, and not MRIQC's background metrics: the features of a score must change with
 motion more than they vary between healthy scans. EFC, FBER, QI1, CNR and SNR_Dietrich measure
 the level of the air's signal, which differs from healthy scan to healthy scan with the noise
@@ -106,6 +121,9 @@ module docstring): one feature alone moves the score by at most ``Z_CLIP / n_fea
 ARTEFACT_SCORE_RULE = "mean-of-robust-z-clipped-3:residual,cjv-core-3mm,ghost"
 """Name of the rule that turns features into the artefact score. A calibration records it: an
 artefact threshold set under another rule does not fit this one's scores."""
+NOISE_ADJUSTED_FEATURES = ("residual_median", "residual_p90", "cjv")
+"""The artefact features that grow with a scan's noise level: a calibration with noise lines
+scores each by its residual from the references' line on the noise level (module docstring)."""
 MAD_TO_SD = 1.4826
 MIN_RELATIVE_SCALE = 0.02
 """Floor of a feature's reference scale, as a share of ``|median|`` (few references can have a
@@ -244,6 +262,100 @@ def artefact_features(
     return {k: float(feats[k]) for k in ARTEFACT_FEATURES}
 
 
+def image_noise_sd(image: np.ndarray, region: np.ndarray) -> float:
+    """A scan's image noise SD, read from its finest detail (normalised intensity units).
+
+    Along each axis, ``1.4826 MAD`` of the image's second difference inside ``region``, divided
+    by ``sqrt(6)`` (its standard deviation for white noise of SD 1); the smallest of the three.
+    Anatomy is smooth at this scale over most of the brain, so the median-based spread reads the
+    noise and not the edges. Noise is the same along every axis, while motion's ghosts and
+    ringing run mostly along one (the phase-encoding direction), so the smallest axis reads the
+    noise and little of the motion; a 3-D Laplacian mixes them and took part of mild motion's
+    residual away with the noise (``BENCHMARKS.md``, session 29). On the 2 mm working grid the
+    resampling averages the native noise, so this tracks the acquisition's noise level rather
+    than equals it.
+
+    Args:
+        image: ``(X, Y, Z)`` the prepared scan (:class:`~neurocast.anomaly.scan.Scan` ``.image``).
+        region: ``(X, Y, Z)`` bool, where to read it (the detector's eroded brain mask).
+
+    Returns:
+        The noise SD, or ``NaN`` when ``region`` holds no voxel with both neighbours on an axis.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> image = rng.normal(1.0, 0.05, (30, 30, 30))
+        >>> round(image_noise_sd(image, np.ones(image.shape, bool)), 2)
+        0.05
+    """
+    img, inside = np.asarray(image, dtype=np.float64), np.asarray(region, dtype=bool)
+    per_axis = []
+    for axis in range(3):
+        centre = np.take(inside, range(1, inside.shape[axis] - 1), axis=axis)
+        values = np.diff(img, n=2, axis=axis)[centre]
+        if values.size:
+            spread = np.median(np.abs(values - np.median(values)))
+            per_axis.append(MAD_TO_SD * float(spread) / math.sqrt(6.0))
+    return float(min(per_axis)) if per_axis else float("nan")
+
+
+def fit_noise_lines(
+    features: Sequence[Mapping[str, float]], noise_sds: Sequence[float]
+) -> dict[str, dict[str, float]]:
+    """Per feature of :data:`NOISE_ADJUSTED_FEATURES`, the least-squares line of the references'
+    values on their noise levels (:func:`image_noise_sd`).
+
+    Features with fewer than three references where both values are defined get no line (they
+    are scored as they are).
+
+    Args:
+        features: one mapping of feature values per reference (:func:`artefact_features`).
+        noise_sds: the references' noise levels, same order.
+
+    Returns:
+        ``{feature: {"intercept": a, "slope": b, "n": n}}``: the feature's expected value at
+        noise level ``x`` is ``a + b x``.
+    """
+    if len(features) != len(noise_sds):
+        raise ValueError(f"give one image noise SD per reference: {len(noise_sds)} for {len(features)}")
+    x_all = np.asarray(noise_sds, dtype=np.float64)
+    out: dict[str, dict[str, float]] = {}
+    for name in NOISE_ADJUSTED_FEATURES:
+        y = np.array([f.get(name, float("nan")) for f in features], dtype=np.float64)
+        ok = np.isfinite(y) & np.isfinite(x_all)
+        if ok.sum() < 3 or np.ptp(x_all[ok]) == 0:
+            continue
+        slope, intercept = np.polyfit(x_all[ok], y[ok], 1)
+        out[name] = {"intercept": float(intercept), "slope": float(slope), "n": int(ok.sum())}
+    return out
+
+
+def noise_adjusted_features(
+    features: Mapping[str, float],
+    noise_sd: float | None,
+    lines: Mapping[str, Mapping[str, float]] | None,
+) -> dict[str, float]:
+    """``features`` with each feature that has a line replaced by its residual from that line
+    (``value - (a + b * noise_sd)``); the others unchanged. Without lines, a copy.
+
+    Raises:
+        ValueError: there are lines but no finite ``noise_sd`` to read them at.
+    """
+    out = {k: float(v) for k, v in features.items()}
+    if not lines:
+        return out
+    if noise_sd is None or not math.isfinite(noise_sd):
+        raise ValueError(
+            "this calibration takes the noise level out of the artefact features: give the "
+            "scan's image noise SD (image_noise_sd of the prepared image in the detector's region)"
+        )
+    for name, line in lines.items():
+        if name in out:
+            out[name] -= line["intercept"] + line["slope"] * float(noise_sd)
+    return out
+
+
 def reference_statistics(
     features: Sequence[Mapping[str, float]],
     min_scale: Mapping[str, float] | None = None,
@@ -294,23 +406,34 @@ def artefact_score(
 
 
 def leave_one_out_artefact_scores(
-    features: Sequence[Mapping[str, float]], *, groups: Sequence[Any] | None = None
+    features: Sequence[Mapping[str, float]],
+    *,
+    groups: Sequence[Any] | None = None,
+    noise_sds: Sequence[float] | None = None,
 ) -> list[float]:
     """Artefact score of each reference against the *other* references.
 
     Used by the calibration: a reference scored against statistics that include itself looks
     more typical than a new scan would, which would put the threshold too low. With ``groups``
     (one label per reference, e.g. the participant) each is scored against the other groups'
-    references only.
+    references only. With ``noise_sds`` the noise lines (:func:`fit_noise_lines`) are fitted
+    on those other references too, and every feature set is read against them.
     """
     labels = list(range(len(features))) if groups is None else list(groups)
     if len(labels) != len(features):
         raise ValueError(f"give one group per reference: {len(labels)} groups for {len(features)}")
+    if noise_sds is not None and len(noise_sds) != len(features):
+        raise ValueError(f"give one image noise SD per reference: {len(noise_sds)} for {len(features)}")
     out = []
-    for f, g in zip(features, labels, strict=True):
-        others = [o for o, h in zip(features, labels, strict=True) if h != g]
-        ref = reference_statistics(others) if others else reference_statistics(features)
-        out.append(artefact_score(f, ref))
+    for i, g in enumerate(labels):
+        idx = [j for j, h in enumerate(labels) if h != g] or list(range(len(features)))
+        others = [features[j] for j in idx]
+        own = dict(features[i])
+        if noise_sds is not None:
+            lines = fit_noise_lines(others, [noise_sds[j] for j in idx])
+            others = [noise_adjusted_features(features[j], noise_sds[j], lines) for j in idx]
+            own = noise_adjusted_features(own, noise_sds[i], lines)
+        out.append(artefact_score(own, reference_statistics(others)))
     return out
 
 

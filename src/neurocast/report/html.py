@@ -487,7 +487,7 @@ def _qa_fields(rec: dict[str, Any]) -> dict[str, Any]:
         score_items += [(f"artefact evidence: {k} (robust z)", v) for k, v in feature_z.items()]
     iqms = pick("iqms") or pick("IQMs") or pick("image_quality")
     other: list[tuple[str, Any]] = []
-    for key in ("over_threshold", "used_prior", "prior_session_id", "skull_stripped"):
+    for key in ("over_threshold", "used_prior", "prior_session_id", "skull_stripped", "noise_sd"):
         value = pick(key)
         if isinstance(value, list):  # the scores above their thresholds
             value = ", ".join(map(str, value)) or "none"

@@ -194,6 +194,8 @@ def test_noise_adjusted_features_score_a_noisier_healthy_scan_as_typical_and_rai
     with pytest.raises(ValueError, match="image noise SD"):
         noise_adjusted_features(moved, None, lines)
     assert noise_adjusted_features(moved, None, None) == moved  # no lines: as read
+    unread = noise_adjusted_features(moved, math.nan, lines)  # no region to read the noise in
+    assert all(math.isnan(unread[k]) for k in lines)
     # the calibration's leave-one-out refits the lines without the reference it scores
     loo = leave_one_out_artefact_scores(refs, noise_sds=list(noise))
     others = [r for j, r in enumerate(refs) if j != 3]

@@ -88,18 +88,25 @@ def test_a_calibration_under_an_earlier_artefact_score_rule_warns_on_load(
     """A threshold set on scores of another rule does not fit this version's scores."""
     import warnings
 
-    from neurocast.anomaly.scores import ARTEFACT_SCORE_RULE
+    from neurocast.anomaly.scores import ARTEFACT_SCORE_RULE, NOISE_ADJUSTED_SCORE_RULE
 
     path = tiny_detector.save(tmp_path / "model")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         det = AnomalyDetector.load(path)  # calibrated now: silent
-    assert det.calibration_.extra["artefact_score_rule"] == ARTEFACT_SCORE_RULE
+    # calibrated on scans: the features' noise lines, and the rule that reads them
+    assert det.calibration_.extra["artefact_score_rule"] == NOISE_ADJUSTED_SCORE_RULE
+    assert NOISE_ADJUSTED_SCORE_RULE.startswith(ARTEFACT_SCORE_RULE + ";")
     card_path = path / "model_card.json"
     card = json.loads(card_path.read_text())
     del card["extra"]["anomaly"]["calibration"]["extra"]["artefact_score_rule"]
     card_path.write_text(json.dumps(card))
     with pytest.warns(UserWarning, match="earlier artefact-score rule.*calibrate it again"):
+        AnomalyDetector.load(path)
+    # noise lines under the plain rule's name: a threshold this version's scores do not fit either
+    card["extra"]["anomaly"]["calibration"]["extra"]["artefact_score_rule"] = ARTEFACT_SCORE_RULE
+    card_path.write_text(json.dumps(card))
+    with pytest.warns(UserWarning, match="calibrated under the artefact-score rule"):
         AnomalyDetector.load(path)
 
 

@@ -94,6 +94,7 @@ from neurocast.anomaly.scores import (
     ARTEFACT_SCORE_RULE,
     LESION_EVIDENCE,
     LESION_SCORE_RULE,
+    NOISE_ADJUSTED_SCORE_RULE,
     artefact_features,
     artefact_score,
     combined_lesion_score,
@@ -742,7 +743,7 @@ class AnomalyDetector:
             noise_lines=lines,
             extra={
                 "references": names,
-                "artefact_score_rule": ARTEFACT_SCORE_RULE,
+                "artefact_score_rule": NOISE_ADJUSTED_SCORE_RULE if lines else ARTEFACT_SCORE_RULE,
                 "lesion_score_rule": LESION_SCORE_RULE,
                 "map": NORMATIVE_RULE if self.normative_ is not None else "residual",
                 "left_out": "group" if groups is not None else "scan",
@@ -992,11 +993,12 @@ def _load_normative(path: Path, info: dict[str, Any], cal: Calibration | None) -
 def _warn_if_another_artefact_rule(cal: Calibration, path: Path) -> None:
     """Warn when ``cal``'s artefact threshold was set on scores of another rule than this version's."""
     rule = cal.extra.get("artefact_score_rule")
-    if rule == ARTEFACT_SCORE_RULE:
+    expected = NOISE_ADJUSTED_SCORE_RULE if cal.noise_lines else ARTEFACT_SCORE_RULE
+    if rule == expected:
         return
     found = f"the artefact-score rule {rule!r}" if rule else "an earlier artefact-score rule"
     warnings.warn(
-        f"{path}: calibrated under {found}, not this version's ({ARTEFACT_SCORE_RULE!r}); its "
+        f"{path}: calibrated under {found}, not this version's ({expected!r}); its "
         "artefact threshold does not fit the scores it now gets: calibrate it again on healthy "
         "scans (AnomalyDetector.calibrate, or neurocast train anomaly)",
         UserWarning,

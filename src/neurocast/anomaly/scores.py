@@ -121,6 +121,9 @@ module docstring): one feature alone moves the score by at most ``Z_CLIP / n_fea
 ARTEFACT_SCORE_RULE = "mean-of-robust-z-clipped-3:residual,cjv-core-3mm,ghost"
 """Name of the rule that turns features into the artefact score. A calibration records it: an
 artefact threshold set under another rule does not fit this one's scores."""
+NOISE_ADJUSTED_SCORE_RULE = ARTEFACT_SCORE_RULE + ";noise-lines-quietest-axis:residual,cjv"
+"""The rule a calibration with noise lines records: :data:`ARTEFACT_SCORE_RULE` on the features'
+residuals from the lines (a version that does not read the lines must not use its threshold)."""
 NOISE_ADJUSTED_FEATURES = ("residual_median", "residual_p90", "cjv")
 """The artefact features that grow with a scan's noise level: a calibration with noise lines
 scores each by its residual from the references' line on the noise level (module docstring)."""
@@ -337,15 +340,16 @@ def noise_adjusted_features(
     lines: Mapping[str, Mapping[str, float]] | None,
 ) -> dict[str, float]:
     """``features`` with each feature that has a line replaced by its residual from that line
-    (``value - (a + b * noise_sd)``); the others unchanged. Without lines, a copy.
+    (``value - (a + b * noise_sd)``); the others unchanged. Without lines, a copy. A ``NaN``
+    noise SD (nothing to read it in) leaves those features undefined (``NaN``).
 
     Raises:
-        ValueError: there are lines but no finite ``noise_sd`` to read them at.
+        ValueError: there are lines but no ``noise_sd`` was given.
     """
     out = {k: float(v) for k, v in features.items()}
     if not lines:
         return out
-    if noise_sd is None or not math.isfinite(noise_sd):
+    if noise_sd is None:
         raise ValueError(
             "this calibration takes the noise level out of the artefact features: give the "
             "scan's image noise SD (image_noise_sd of the prepared image in the detector's region)"

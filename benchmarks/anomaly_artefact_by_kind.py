@@ -112,11 +112,13 @@ def laplacian_noise_sd(image: Any, region: Any) -> float:
     return float(MAD_TO_SD * np.median(np.abs(lap - np.median(lap))) / np.sqrt(42.0))
 
 
-def visit_features(work: Path, key: str, prior: bool, prior_key: str | None = None) -> dict[str, Any]:
+def visit_features(work: Path, key: str, prior_key: str | None = None) -> dict[str, Any]:
     """A cached visit's artefact features (conditioned as scored, and from the unconditioned
-    reconstruction where that is cached), whether it is skull-stripped and had a prior."""
+    reconstruction where that is cached), its noise estimates, whether it is skull-stripped and
+    whether it had a prior (``prior_key``, the earlier visit's key)."""
     from neurocast.anomaly.scores import artefact_features, image_noise_sd
 
+    prior = prior_key is not None
     rmap, region, iqms = load_residual(work, key)
     scan = B.load_scan(work / "scans" / f"{key}.npz")[0]
     stripped = bool(scan.skull_stripped)
@@ -129,11 +131,12 @@ def visit_features(work: Path, key: str, prior: bool, prior_key: str | None = No
         unconditioned.update({k: u[k] for k in RESIDUAL_FEATURES})
     elif prior:
         unconditioned = {}
+    noise = laplacian_noise_sd(scan.image, region)
+    earlier = B.load_scan(work / "scans" / f"{prior_key}.npz")[0] if prior else None
     return {"key": key, "stripped": stripped, "prior": prior, "features": feats,
-            "unconditioned": unconditioned, "noise": laplacian_noise_sd(scan.image, region),
+            "unconditioned": unconditioned, "noise": noise,
             "noise_axis": image_noise_sd(scan.image, region),
-            "noise_prior": (laplacian_noise_sd(B.load_scan(work / "scans" / f"{prior_key}.npz")[0].image, region)
-                            if prior_key else laplacian_noise_sd(scan.image, region))}  # fmt: skip
+            "noise_prior": laplacian_noise_sd(earlier.image, region) if earlier is not None else noise}  # fmt: skip
 
 
 def cache_unconditioned(work: Path, model: Path, keys: Sequence[str], threads: int = 2) -> None:
@@ -316,11 +319,11 @@ def main(argv: list[str] | None = None) -> int:
             cache_unconditioned(
                 work, args.model, [r.key for r in scored if prior[r.key] is not None], args.threads
             )
-        return [(visit_features(work, r.key, prior[r.key] is not None, prior[r.key]), r) for r in scored]  # fmt: skip
+        return [(visit_features(work, r.key, prior[r.key]), r) for r in scored]  # fmt: skip
 
     shipped = [v for v, _ in cohort_visits("calib")]
     shipped_groups = [v["key"].split("_")[1] for v in shipped]
-    shipped += [visit_features(work, n, False) for n in B.IXI_CALIB]
+    shipped += [visit_features(work, n) for n in B.IXI_CALIB]
     shipped_groups += list(B.IXI_CALIB)
     extra = (
         [(v, f"h2-{r.participant_id}") for v, r in cohort_visits("healthy2")
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     reals = {
-        k: visit_features(work, k, False)
+        k: visit_features(work, k)
         for k in REAL_HEALTHY
         if (work / "maps" / f"{k}.npz").is_file()
     }

@@ -233,3 +233,21 @@ def test_qa_without_a_model_says_how_to_get_one(datasets, tmp_path) -> None:
               str(tmp_path / "nothing"), "-q"],
     )  # fmt: skip
     assert run.exit_code == 68 and "model_card.json" in run.output
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--lr", "-1"], "lr must be a positive number"),
+        (["--channels", "12,24"], "multiple of norm_num_groups=8"),
+        (["--noise-levels", "0.2,1.5"], "noise levels must be in (0, 1)"),
+    ],
+)
+def test_train_refuses_bad_settings_before_reading_any_scan(
+    datasets, tmp_path, _fast_preprocessing, option, message
+) -> None:
+    model = tmp_path / "model"
+    args = ["train", "anomaly", str(datasets["train"]), str(model), "--steps", "1", "-q", *option]
+    run = CliRunner().invoke(cli, args)
+    assert run.exit_code == 2 and message in run.output, run.output
+    assert _fast_preprocessing == [] and not model.exists()

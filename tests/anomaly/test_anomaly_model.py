@@ -201,6 +201,10 @@ def test_estimator_contract(make_scan) -> None:
         det.score(make_scan(1))
     with pytest.raises(ValueError, match="noise levels"):
         AnomalyDetector(noise_levels=(1.5,))
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        AnomalyDetector(lr=0.0)
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        AnomalyDetector(channels=(12, 24))
     other = Scan.from_arrays(np.zeros((8, 8, 4), np.float32), np.zeros((8, 8, 4), bool))
     with pytest.raises(ValueError, match="grid"):
         det.reconstruct(other)

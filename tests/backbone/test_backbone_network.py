@@ -191,6 +191,8 @@ def test_config_json_round_trip(make_config):
     "changes, match",
     [
         ({"channels": (8, 12)}, "multiple of norm_num_groups"),
+        ({"channels": (0, 8)}, "positive multiple"),
+        ({"channels": ()}, "at least one level"),
         ({"prediction_type": "noise"}, "prediction_type"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"cond_drop_prob": 1.5}, "cond_drop_prob"),

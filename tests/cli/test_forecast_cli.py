@@ -108,3 +108,9 @@ def test_train_calibrate_stores_the_spread_in_the_card(cohort_and_model: tuple[P
     # the original model is untouched
     original = json.loads((model / "model_card.json").read_text())["extra"]
     assert original["sample_spread"] == 1.0 and "spread_calibration" not in original
+
+
+def test_train_refuses_channels_the_network_cannot_take_before_reading_data(tmp_path: Path) -> None:
+    run = CliRunner().invoke(cli, ["train", "progress", str(tmp_path), str(tmp_path / "model"), "--channels", "12,24", "-q"])
+    assert run.exit_code == 2 and "multiple of norm_num_groups=8" in run.output, run.output
+    assert not (tmp_path / "model").exists()

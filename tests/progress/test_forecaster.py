@@ -192,6 +192,8 @@ def test_bad_requests_are_refused(tiny_model: ProgressionModel) -> None:
         forecast(_forecast_subject(), [1.0], 0, 0, model=tiny_model)
     with pytest.raises(RuntimeError, match="not fitted"):
         ProgressionModel().sample_annual_velocity(torch.zeros(1, 4, 5, 6, 5), [{}])
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        ProgressionModel(channels=(12,))
 
 
 def test_save_load_round_trip_gives_identical_forecasts(tiny_model: ProgressionModel, tmp_path) -> None:

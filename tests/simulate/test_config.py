@@ -40,6 +40,14 @@ def test_default_hippocampal_rates_are_the_published_ones():
         {"n_jobs": 0},
         {"partial_volume_samples": 0},
         {"partial_volume_samples": 1.5},
+        {"noise_fraction_range": (0.05, 0.01)},
+        {"intensity_scale_range": (0.0, 100.0)},
+        {"tumour_radius_mm": (12.0, 6.0)},
+        {"tumour_oedema_extent": (0.8, 1.2)},
+        {"gamma_visit_sd": -0.1},
+        {"rotation_sd_degrees": -1.0},
+        {"max_followup_years": 0.0},
+        {"bias_field_max_coefficient": -0.3},
     ],
 )
 def test_invalid_values_are_refused(changes):
@@ -84,3 +92,31 @@ def test_largest_simulated_head_passes_the_preprocessing_mask_check():
     assert 1800 < template_ml < 1950, template_ml
     assert hi_ratio * template_ml * 1.07 < hi
     assert lo < lo_ratio * template_ml * 0.93
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "message"),
+    [
+        ('{"noise_fraction_range": [0.05, 0.01]}', [], "noise_fraction_range"),
+        ('{"bogus": 1}', [], "unknown SimulationConfig field"),
+        ('{"noise_fraction_range": [0.01, 0.05]', [], "not valid JSON"),
+        ("[1, 2]", [], "JSON object"),
+        ("{}", ["--visits", "5", "2"], "n_visits"),
+    ],
+)
+def test_cli_refuses_a_bad_config_with_a_message_and_writes_nothing(
+    tmp_path, config, options, message
+):
+    from click.testing import CliRunner
+
+    from neurocast.cli.main import cli
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(config)
+    out = tmp_path / "out"
+    args = ["simulate", str(out), "--n-subjects", "1", "--config", str(cfg), "-q", *options]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()

@@ -119,6 +119,7 @@ from neurocast.anomaly.training import (
 from neurocast.backbone import (
     BackboneConfig,
     build_backbone,
+    check_channels,
     checkpoint_id,
     load_backbone,
     load_extra_tensors,
@@ -408,6 +409,11 @@ class AnomalyDetector:
         self.average = str(average)
         self.device = device
         self.progress = bool(progress)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {lr}")
+        if self.n_steps < 1 or self.batch_size < 1:
+            raise ValueError(f"n_steps and batch_size must be >= 1, got {n_steps} and {batch_size}")
+        check_channels(self.channels)
 
     # ------------------------------------------------------------------ params
     def get_params(self) -> dict[str, Any]:

@@ -657,6 +657,7 @@ def train_detector(
         The fitted, calibrated detector (also saved in ``model_dir``).
 
     Raises:
+        ValueError: settings the detector cannot take (``detector_kwargs``), before any work.
         InvalidDatasetError: fewer than two participants with healthy scans.
     """
     from neurocast.registration.template import working_grid
@@ -667,6 +668,7 @@ def train_detector(
         start._check_fitted()
         arch = ("channels", "num_res_blocks", "noise_levels", "num_inference_steps")
         detector_kwargs = {**detector_kwargs, **{k: getattr(start, k) for k in arch}}
+    det = AnomalyDetector(seed=seed, progress=progress, **detector_kwargs)  # bad settings: before any work
     grid = start.grid_ if start is not None else working_grid(grid_spacing_mm)
     per_subject = _healthy_scans(bids, participant_label, grid, seed, skull_stripped, work_dir)
     labels = sorted(per_subject)
@@ -687,7 +689,6 @@ def train_detector(
         train_scans = [s for lab in train_labels for s in per_subject[lab]]
         if not train_scans:
             raise InvalidDatasetError(bids, "too few healthy scans to both train and calibrate")
-    det = AnomalyDetector(seed=seed, progress=progress, **detector_kwargs)
     det.fit(
         train_scans,
         data_summary={

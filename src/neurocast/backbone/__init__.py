@@ -38,7 +38,7 @@ from neurocast.backbone.checkpoint import (
     verify_checkpoint,
 )
 from neurocast.backbone.conditioning import CovariateEncoder, CovariateValues, fit_covariates
-from neurocast.backbone.config import BackboneConfig, CovariateSpec
+from neurocast.backbone.config import BackboneConfig, CovariateSpec, check_channels
 from neurocast.backbone.diffusion import (
     SampleResult,
     diffusion_loss,
@@ -61,6 +61,7 @@ __all__ = [
     "TrainResult",
     "TrainingState",
     "build_backbone",
+    "check_channels",
     "checkpoint_id",
     "collate",
     "diffusion_loss",

@@ -28,6 +28,30 @@ _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _SCHEDULES = ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine")
 
 
+DEFAULT_NORM_GROUPS = 8
+"""GroupNorm groups of the backbone (:attr:`BackboneConfig.norm_num_groups`'s default)."""
+
+
+def check_channels(channels: tuple[int, ...], norm_num_groups: int = DEFAULT_NORM_GROUPS) -> None:
+    """Raise ``ValueError`` unless ``channels`` (feature channels per UNet level) lists at least
+    one level and each is a positive multiple of ``norm_num_groups``.
+
+    Example:
+        >>> check_channels((16, 32, 64))
+        >>> check_channels((12, 24))
+        Traceback (most recent call last):
+        ...
+        ValueError: every entry of channels (12, 24) must be a positive multiple of norm_num_groups=8
+    """
+    if not channels:
+        raise ValueError("channels must list at least one level")
+    if any(c <= 0 or c % norm_num_groups for c in channels):
+        raise ValueError(
+            f"every entry of channels {tuple(channels)} must be a positive multiple of "
+            f"norm_num_groups={norm_num_groups}"
+        )
+
+
 def _category_key(value: Any) -> str:
     """The string a category (or a value to look up) is matched by: ``1``, ``1.0`` and ``"1"`` agree."""
     if isinstance(value, bool):
@@ -161,7 +185,7 @@ class BackboneConfig:
     attention_levels: tuple[bool, ...] | bool | None = None
     num_res_blocks: int | tuple[int, ...] = 1
     num_head_channels: int = 8
-    norm_num_groups: int = 8
+    norm_num_groups: int = DEFAULT_NORM_GROUPS
     covariates: tuple[CovariateSpec, ...] = ()
     covariate_embed_dim: int = 64
     vector_injection: VectorInjection = "timestep"
@@ -204,13 +228,7 @@ class BackboneConfig:
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.target_channels < 1 or self.image_condition_channels < 0:
             raise ValueError("target_channels must be >= 1 and image_condition_channels >= 0")
-        if not self.channels:
-            raise ValueError("channels must list at least one level")
-        if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(
-                f"every entry of channels {self.channels} must be a multiple of "
-                f"norm_num_groups={self.norm_num_groups}"
-            )
+        check_channels(self.channels, self.norm_num_groups)
         if len(self.attention_levels) != len(self.channels):
             raise ValueError("attention_levels needs one entry per level of channels")
         if not isinstance(self.num_res_blocks, int) and len(self.num_res_blocks) != len(

@@ -194,6 +194,7 @@ def train_anomaly(
     --fine-tune, training starts from a trained model's weights (on CPU, add --mixed-precision bf16
     where the CPU supports it).
     """
+    from neurocast.anomaly.model import AnomalyDetector
     from neurocast.anomaly.workflow import calibrate_detector, default_model_dir, train_detector
     from neurocast.registration.threads import set_threads
 
@@ -205,6 +206,14 @@ def train_anomaly(
         raise click.UsageError(
             "--model goes with --calibrate-only or --fine-tune (training starts from scratch)"
         )
+    try:  # the detector refuses settings it cannot train with: say so before preprocessing
+        AnomalyDetector(
+            n_steps=steps, batch_size=batch_size, lr=lr, mixed_precision=mixed_precision,
+            channels=channels, noise_levels=noise_levels, num_inference_steps=inference_steps,
+            fpr=fpr,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     if calibrate_only:
         det = calibrate_detector(
             bids_dir, model_dir, model=source_model, participant_label=labels, fpr=fpr, seed=seed,

@@ -162,6 +162,12 @@ def train_progress(
         chans = tuple(int(c) for c in channels.split(","))
     except ValueError:
         raise click.BadParameter(f"{channels!r}: give integers separated by commas", param_hint="--channels") from None
+    from neurocast.backbone.config import check_channels
+
+    try:
+        check_channels(chans)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channels") from exc
     from neurocast.registration.threads import set_threads
 
     set_threads(n_threads or 2)

@@ -37,7 +37,8 @@ def _proportions(
 @click.option(
     "--proportions",
     callback=_proportions,
-    help="Baseline diagnosis mix, e.g. CN=0.4,MCI=0.4,AD=0.2 (default as shown).",
+    help="Baseline diagnosis mix as weights, e.g. CN=0.4,MCI=0.4,AD=0.2 (the default); they are "
+    "normalised to sum to 1, and a group not named gets none.",
 )
 @click.option(
     "--visits",
@@ -115,8 +116,21 @@ def simulate(
     """
     from neurocast.simulate import SimulationConfig, simulate_cohort
 
-    base = json.loads(config_file.read_text()) if config_file else {}
-    config = SimulationConfig.from_dict(base) if base else SimulationConfig()
+    try:
+        base = json.loads(config_file.read_text()) if config_file else {}
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f"{config_file}: not valid JSON ({exc})", param_hint="--config"
+        ) from exc
+    if not isinstance(base, dict):
+        raise click.BadParameter(
+            f"{config_file}: expected a JSON object of SimulationConfig fields",
+            param_hint="--config",
+        )
+    try:
+        config = SimulationConfig.from_dict(base) if base else SimulationConfig()
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(f"{config_file}: {exc}", param_hint="--config") from exc
     overrides = {
         "diagnosis_proportions": proportions,
         "n_visits": visits,
@@ -128,9 +142,10 @@ def simulate(
         "skull_stripped_fraction": skull_stripped_fraction,
         "n_jobs": n_jobs,
     }
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
+    try:
+        config = config.with_updates(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     truth = simulate_cohort(output_dir, n_subjects, seed, config, progress=not quiet)
     n_visits = len(truth.visits)
     click.echo(f"wrote {n_subjects} subject(s), {n_visits} visit(s) to {truth.root}")

@@ -111,7 +111,10 @@ class ProgressionModel:
         self.grid_spacing_mm = float(grid_spacing_mm)
         self.sample_spread = float(sample_spread)
         self.field_spacing_mm = float(field_spacing_mm)
+        from neurocast.backbone.config import check_channels
+
         self.channels = tuple(int(c) for c in channels)
+        check_channels(self.channels)
         self.num_inference_steps = int(num_inference_steps)
         self.seed = int(seed)
 

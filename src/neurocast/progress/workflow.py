@@ -280,15 +280,16 @@ def train_progress(
 
     Raises:
         neurocast.errors.InvalidDatasetError: no training data found.
+        ValueError: settings the model cannot take (e.g. ``channels``), before any data is read.
     """
     from neurocast.errors import InvalidDatasetError
     from neurocast.progress.model import ProgressionModel
 
     data = Path(data_dir)
-    source, subjects = longitudinal_subjects(data, source, registration_dir, participant_label)
-    work = Path(work_dir) if work_dir is not None else Path(str(model_dir) + ".work")
     m = ProgressionModel(field_spacing_mm=field_spacing_mm, channels=channels,
                          num_inference_steps=num_inference_steps, seed=seed)  # fmt: skip
+    source, subjects = longitudinal_subjects(data, source, registration_dir, participant_label)
+    work = Path(work_dir) if work_dir is not None else Path(str(model_dir) + ".work")
     prepared = m.prepare(subjects, cache_dir=work / "prepared", progress=progress)
     if not prepared:
         raise InvalidDatasetError(f"{data}: no subject with two or more usable visits ({source} source)")

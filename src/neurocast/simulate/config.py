@@ -94,6 +94,16 @@ def _rates() -> dict[str, dict[str, float]]:
     return {k: dict(v) for k, v in DEFAULT_ANNUAL_RATES.items()}
 
 
+_RANGE_FLOORS: dict[str, float] = {
+    "noise_fraction_range": 0.0,
+    "intensity_scale_range": 1e-6,
+    "tumour_radius_mm": 1e-6,
+    "tumour_growth_mm_per_year": 0.0,
+    "tumour_oedema_extent": 1.0,
+}
+"""``(min, max)`` fields of :class:`SimulationConfig` and the smallest ``min`` each allows."""
+
+
 @dataclass
 class SimulationConfig:
     """Parameters of a simulated cohort.
@@ -408,6 +418,23 @@ class SimulationConfig:
             raise ValueError(f"conversion_model must be one of {CONVERSION_MODELS}, got {self.conversion_model!r}")
         if self.cognition_fluctuation_sd < 0 or self.cognition_decline_sd < 0:
             raise ValueError("cognition_fluctuation_sd and cognition_decline_sd must be >= 0")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if "_sd" in f.name and isinstance(v, int | float) and not v >= 0:
+                raise ValueError(f"{f.name} is a standard deviation and must be >= 0, got {v}")
+        # (min, max) draws: the lowest allowed min of each
+        for name, low in _RANGE_FLOORS.items():
+            lo, hi = getattr(self, name)
+            if not low <= lo <= hi:
+                raise ValueError(
+                    f"{name} must be (min, max) with {low} <= min <= max, got {getattr(self, name)}"
+                )
+        if not self.max_followup_years > 0:
+            raise ValueError(f"max_followup_years must be > 0, got {self.max_followup_years}")
+        if not self.bias_field_max_coefficient >= 0:
+            raise ValueError(
+                f"bias_field_max_coefficient must be >= 0, got {self.bias_field_max_coefficient}"
+            )
 
     def mean_apoe4(self, diagnosis: str) -> float:
         """Expected APOE4 allele count of a diagnosis group."""

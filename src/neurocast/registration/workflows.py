@@ -212,8 +212,8 @@ def register_participant(
     ``grid_spacing_mm`` 2 (default) is the grid the forecaster and the demo work on. A 1 mm grid
     (same 4 mm field and 8 mm window) measures the change of small structures closer to the
     truth at about twice the time: over six simulated cohorts (108 follow-ups) the hippocampal
-    error fell from 0.122 to 0.101 of the true change and the ventricles stayed at 0.094-0.096
-    (``benchmarks/simulate_truth_check.md``, item 17).
+    error is 0.112 of the true change against 0.130 on 2 mm, and the ventricles' 0.095 against
+    0.097 (``benchmarks/simulate_truth_check.md``, item 28).
 
     Writes per visit the image and brain mask in the shared within-subject template space and
     its transform; per follow-up the stationary velocity field (baseline -> visit), the

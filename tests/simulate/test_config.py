@@ -101,6 +101,7 @@ def test_largest_simulated_head_passes_the_preprocessing_mask_check():
         ('{"bogus": 1}', [], "unknown SimulationConfig field"),
         ('{"noise_fraction_range": [0.01, 0.05]', [], "not valid JSON"),
         ("[1, 2]", [], "JSON object"),
+        ('{"noise_fraction_range": "abc"}', [], "must be a pair (min, max) of numbers"),
         ("{}", ["--visits", "5", "2"], "n_visits"),
     ],
 )

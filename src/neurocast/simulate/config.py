@@ -424,7 +424,12 @@ class SimulationConfig:
                 raise ValueError(f"{f.name} is a standard deviation and must be >= 0, got {v}")
         # (min, max) draws: the lowest allowed min of each
         for name, low in _RANGE_FLOORS.items():
-            lo, hi = getattr(self, name)
+            try:
+                lo, hi = (float(x) for x in getattr(self, name))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{name} must be a pair (min, max) of numbers, got {getattr(self, name)!r}"
+                ) from None
             if not low <= lo <= hi:
                 raise ValueError(
                     f"{name} must be (min, max) with {low} <= min <= max, got {getattr(self, name)}"

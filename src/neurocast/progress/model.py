@@ -106,13 +106,13 @@ class ProgressionModel:
         seed: int = 0,
         sample_spread: float = 1.0,
     ) -> None:
+        from neurocast.backbone.config import check_channels
+
         if not sample_spread > 0:
             raise ValueError(f"sample_spread must be > 0, got {sample_spread}")
         self.grid_spacing_mm = float(grid_spacing_mm)
         self.sample_spread = float(sample_spread)
         self.field_spacing_mm = float(field_spacing_mm)
-        from neurocast.backbone.config import check_channels
-
         self.channels = tuple(int(c) for c in channels)
         check_channels(self.channels)
         self.num_inference_steps = int(num_inference_steps)

@@ -416,9 +416,7 @@ class SimulationConfig:
             raise ValueError(f"n_jobs must be >= 1, got {self.n_jobs}")
         if self.conversion_model not in CONVERSION_MODELS:
             raise ValueError(f"conversion_model must be one of {CONVERSION_MODELS}, got {self.conversion_model!r}")
-        if self.cognition_fluctuation_sd < 0 or self.cognition_decline_sd < 0:
-            raise ValueError("cognition_fluctuation_sd and cognition_decline_sd must be >= 0")
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(self):  # every SD, the cognition ones included
             v = getattr(self, f.name)
             if "_sd" in f.name and isinstance(v, int | float) and not v >= 0:
                 raise ValueError(f"{f.name} is a standard deviation and must be >= 0, got {v}")

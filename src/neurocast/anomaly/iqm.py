@@ -37,6 +37,17 @@ metric              definition                                                  
                     margin) the head's shadow along that axis (:func:`ghost_ratio`)
 ==================  =============================================================  ==========  =====
 
+And one read from the scan's spectrum, defined for every scan (:data:`SPECTRUM_METRICS`):
+
+==================  =============================================================  ==========  =====
+metric              definition                                                     better      needs
+==================  =============================================================  ==========  =====
+``spike_z``         the largest robust z-score of a log magnitude-spectrum          ~3-5        image
+                    coefficient against its shell of spatial frequency, outside
+                    the centre and the planes through it
+                    (:func:`neurocast.anomaly.kspace.spike_peak`): RF spikes
+==================  =============================================================  ==========  =====
+
 Why ``ghost_ratio``: motion during a scan makes the k-space lines acquired before and after it
 disagree, and the disagreement spreads along the phase-encoding axis only: ghosts of the head
 fill the air in line with the head along that axis and leave the rest of the air alone (the
@@ -106,6 +117,8 @@ from typing import Any
 import numpy as np
 import scipy.ndimage as ndi
 
+from neurocast.anomaly.kspace import spike_peak
+
 DIETRICH_FACTOR = 1.0 / math.sqrt(2.0 / (4.0 - math.pi))
 """``1 / sqrt(2 / (4 - pi))``: Rayleigh correction of the air standard deviation (Dietrich 2007)."""
 QI1_ZSCORE = 10.0
@@ -126,7 +139,9 @@ MRIQC_METRICS = tuple(sorted(BACKGROUND_METRICS + TISSUE_METRICS))
 """MRIQC's anatomical metrics, in alphabetical order."""
 EXTRA_METRICS = ("ghost_ratio",)
 """Metrics beyond MRIQC's (background-based; see the module docstring)."""
-METRICS = tuple(sorted(MRIQC_METRICS + EXTRA_METRICS))
+SPECTRUM_METRICS = ("spike_z",)
+"""Metrics read from the scan's spectrum; defined with or without a background."""
+METRICS = tuple(sorted(MRIQC_METRICS + EXTRA_METRICS + SPECTRUM_METRICS))
 """Every metric :func:`compute_iqms` reports, in alphabetical order."""
 GHOST_FAR_MM = 10.0
 """The ghost ratio ignores air closer to the head than this (the head's own edges, partial volume)."""
@@ -549,7 +564,7 @@ def compute_iqms(
             zeros, or fewer than :data:`MIN_AIR_VOXELS` voxels) also gives ``NaN`` with a reason.
         spacing: voxel size in mm (for the air margin).
         raw_image: the scan as acquired, before bias-field correction (its own grid and
-            orientation). The ghost ratio is measured on it when given: N4's field, extrapolated
+            orientation). The ghost ratio and ``spike_z`` are measured on it when given: N4's field, extrapolated
             into the air, scales the air unevenly (on a simulated healthy scan it took the ratio
             from 0.000 to 0.32). ``None``: measured on ``image``, which must then be uncorrected.
         raw_spacing: voxel size of ``raw_image`` in mm (default ``spacing``).
@@ -580,6 +595,10 @@ def compute_iqms(
     for name in TISSUE_METRICS:
         if not math.isfinite(values[name]):
             undefined[name] = "a tissue class is empty or has no spread"
+
+    values["spike_z"] = spike_peak(x if raw_image is None else raw_image)
+    if not math.isfinite(values["spike_z"]):
+        undefined["spike_z"] = "the image is too small or constant for the spectrum's shells"
 
     counts = {k: st[k][2] for k in ("csf", "gm", "wm")}
     reason = None

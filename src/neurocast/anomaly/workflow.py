@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 TEMPLATE_SPACE = "MNI152NLin2009aSym"
 QA_TABLE = "qa.tsv"
 QA_SCHEMA = "anomaly_qa"
-IQM_COLUMNS = ("cjv", "cnr", "snr_total", "snrd_total", "efc", "fber", "qi1", "wm2max", "ghost_ratio")
+IQM_COLUMNS = ("cjv", "cnr", "snr_total", "snrd_total", "efc", "fber", "qi1", "wm2max", "ghost_ratio", "spike_z")
 """IQMs copied into ``qa.tsv`` (all of them are in each session's ``desc-qa.json``)."""
 QA_COLUMNS = [
     "participant_id", "session_id", "flag", "percentile", "lesion_score", "lesion_percentile",

@@ -89,8 +89,8 @@ def summary(v: pd.DataFrame) -> list[dict]:
              "median": round(float(s.median()), 2), "max": round(float(s.max()), 2)} for k, s in g]  # fmt: skip
 
 
-def qa_auroc(bids: Path, work: Path, v: pd.DataFrame) -> list[dict]:
-    out = work / f"qa-{bids.name}"
+def qa_auroc(bids: Path, work: Path, v: pd.DataFrame, model: Path | None) -> list[dict]:
+    out = work / (f"qa-{bids.name}" if model is None else f"qa-{bids.name}-{model.name}")
     if not (out / "qa.tsv").exists():
         subprocess.run(
             [
@@ -103,6 +103,7 @@ def qa_auroc(bids: Path, work: Path, v: pd.DataFrame) -> list[dict]:
                 "--n-workers",
                 "2",
                 "-q",
+                *(["--model", str(model)] if model is not None else []),
             ],
             check=True,
         )
@@ -131,10 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         "--qa", action="store_true", help="also run neurocast qa and break its scores down by kind"
     )
     ap.add_argument("--out", type=Path, default=None, help="JSON file for the results")
+    ap.add_argument(
+        "--model", type=Path, default=None, help="anomaly model for qa (default: the shipped one)"
+    )
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     res: dict = {
         "date": time.strftime("%Y-%m-%d"),
+        "model": str(args.model) if args.model else "the shipped demo model",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
     }
     for name, spec in COHORTS.items():
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(name, json.dumps(res[name]["spike_z"], indent=1), flush=True)
         if args.qa:
-            res[name]["qa_by_kind"] = qa_auroc(bids, args.work, v)
+            res[name]["qa_by_kind"] = qa_auroc(bids, args.work, v, args.model)
             print(pd.DataFrame(res[name]["qa_by_kind"]).to_string(), flush=True)
     real = {}
     for rel in (

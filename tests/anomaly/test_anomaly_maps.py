@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from neurocast.anomaly.calibration import Calibration, calibrate_scores, per_score_rate
 from neurocast.anomaly.iqm import IQMResult
 from neurocast.anomaly.maps import (
     anomaly_map,
@@ -19,14 +20,17 @@ from neurocast.anomaly.maps import (
 )
 from neurocast.anomaly.scores import (
     ARTEFACT_FEATURES,
+    SPIKE_FEATURE,
     artefact_features,
     artefact_score,
     fit_noise_lines,
     image_noise_sd,
     leave_one_out_artefact_scores,
+    leave_one_out_spike_zscores,
     lesion_score,
     noise_adjusted_features,
     reference_statistics,
+    spike_zscore,
 )
 
 
@@ -221,3 +225,53 @@ def test_one_feature_far_off_the_references_cannot_carry_the_artefact_score_alon
     assert artefact_score(one_off, ref) == pytest.approx(Z_CLIP / len(ARTEFACT_FEATURES))
     assert artefact_score(all_up, ref) == pytest.approx(2.0)
     assert artefact_score(all_up, ref) > artefact_score(one_off, ref)
+
+
+def test_the_spike_is_scored_apart_from_the_diffuse_artefact_features() -> None:
+    """The spike is evidence from one feature: it stays out of the artefact score's mean and is
+    read as its own robust z-score, with a threshold set on the references' leave-one-out ones."""
+    rng = np.random.default_rng(5)
+    refs = [
+        {"residual_median": 0.05 + 0.002 * rng.standard_normal(), "residual_p90": 0.09 + 0.003 * rng.standard_normal(),
+         "cjv": 0.6 + 0.01 * rng.standard_normal(), "ghost_ratio": math.nan, "spike_z": 3.5 + 0.4 * rng.standard_normal()}
+        for _ in range(20)
+    ]  # fmt: skip
+    ref = reference_statistics(refs)
+    assert SPIKE_FEATURE in ref
+    typical = {**refs[0], "spike_z": ref[SPIKE_FEATURE]["median"]}
+    spiked = {**typical, "spike_z": 8.0}
+    assert artefact_score(spiked, ref) == pytest.approx(artefact_score(typical, ref))
+    assert spike_zscore(spiked, ref) == pytest.approx((8.0 - ref[SPIKE_FEATURE]["median"]) / ref[SPIKE_FEATURE]["scale"])
+    assert math.isnan(spike_zscore(spiked, {k: v for k, v in ref.items() if k != SPIKE_FEATURE}))
+    # leave one group out: each reference against the other groups' only
+    values = [3.0, 3.2, 3.4, 3.6, 9.0, 9.0]
+    by_scan = leave_one_out_spike_zscores(values)
+    by_group = leave_one_out_spike_zscores(values, groups=[1, 1, 2, 2, 3, 3])
+    assert by_group[4] > by_scan[4] > 0  # its twin no longer makes it look typical
+    with pytest.raises(ValueError, match="one group per reference"):
+        leave_one_out_spike_zscores(values, groups=[1, 2])
+
+
+def test_a_calibration_with_the_spike_check_flags_a_spike_alone_at_three_scores_rate() -> None:
+    rng = np.random.default_rng(6)
+    n = 200
+    base = calibrate_scores(rng.normal(size=n), rng.normal(size=n), fpr=0.05)
+    spikes = list(3.5 + 0.4 * rng.standard_normal(n))
+    cal = base.with_spike_references(spikes)
+    assert base.spike_threshold is None and cal.n_scores == 3
+    assert cal.per_score_rate == pytest.approx(per_score_rate(0.05, 3))
+    assert cal.per_score_rate < base.per_score_rate
+    assert cal.lesion_threshold > base.lesion_threshold and cal.artefact_threshold > base.artefact_threshold
+    assert 1.5 < cal.spike_threshold < 4.0 and cal.feature_reference[SPIKE_FEATURE]["n"] == n
+    assert cal.flag(0.0, 0.0, spike=1.0) == "pass" == base.flag(0.0, 0.0, spike=20.0)
+    verdict = cal.assess(0.0, 0.0, spike=20.0)
+    assert verdict["flag"] == "review-artefact" and verdict["over_threshold"] == ("artefact",)
+    assert verdict["percentile"] == 100.0  # the spike's, above every reference
+    # a lesion and a spike: the lesion rule still decides by the largest cluster's share
+    assert cal.flag(10.0, 0.0, largest_share=0.9, spike=20.0) == "review-lesion"
+    assert cal.flag(10.0, 0.0, largest_share=0.2, spike=20.0) == "review-artefact"
+    again = Calibration.from_dict(cal.to_dict())
+    assert again.spike_threshold == cal.spike_threshold and again.spike_reference == cal.spike_reference
+    assert Calibration.from_dict(base.to_dict()).spike_threshold is None
+    with pytest.raises(ValueError, match="at least two references"):
+        base.with_spike_references([3.0, math.nan])

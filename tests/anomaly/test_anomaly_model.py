@@ -481,3 +481,34 @@ def test_scattered_evidence_over_both_thresholds_is_flagged_as_an_artefact(
     # the larger excess alone would have called it a lesion: its clusters are far above threshold
     assert cal.flag(judged["scattered"].lesion_score, judged["scattered"].artefact_score) == "review-lesion"
     assert judged["compact"].largest_share >= COMPACT_SHARE and judged["compact"].flag == "review-lesion"
+
+
+def test_references_with_the_spike_metric_calibrate_the_spike_check(tiny_detector, make_scan, tmp_path) -> None:
+    """References whose IQMs hold spike_z give the calibration the spike's threshold; a scan with
+    a spike far above the references is flagged for its artefact, its artefact score unchanged."""
+    from neurocast.anomaly.iqm import IQMResult
+
+    det = AnomalyDetector.load(tiny_detector.save(tmp_path / "model"))
+    refs = [make_scan(200 + i) for i in range(8)]
+    rmaps = [det.residual_map(s)[0] for s in refs]
+    regions = [det.region(s) for s in refs]
+    noise = [image_noise_sd(s.image, r) for s, r in zip(refs, regions, strict=True)]
+
+    def with_spike(q: IQMResult | None, value: float) -> IQMResult:
+        return IQMResult({**(dict(q.values) if q is not None else {}), "spike_z": value})
+
+    plain_cal = det.calibrate_residuals(rmaps, regions, [s.iqms for s in refs], noise_sds=noise).calibration_
+    iqms = [with_spike(s.iqms, 3.4 + 0.1 * (i % 4)) for i, s in enumerate(refs)]
+    cal = det.calibrate_residuals(rmaps, regions, iqms, noise_sds=noise).calibration_
+    assert plain_cal.spike_threshold is None and cal.spike_threshold is not None
+    assert "spike_z" in cal.feature_reference and cal.artefact_reference == plain_cal.artefact_reference
+    again = AnomalyDetector.load(det.save(tmp_path / "spike-model")).calibration_
+    assert again.to_dict() == cal.to_dict()
+    scan = make_scan(31)
+    rmap, region = det.residual_map(scan)[0], det.region(scan)
+    sd = image_noise_sd(scan.image, region)
+    plain = det.judge_residual(rmap, region, with_spike(scan.iqms, 3.5), noise_sd=sd)
+    spiked = det.judge_residual(rmap, region, with_spike(scan.iqms, 9.0), noise_sd=sd)
+    assert spiked.artefact_score == plain.artefact_score  # the spike is not in the mean
+    assert spiked.feature_z["spike_z"] > cal.spike_threshold > plain.feature_z["spike_z"]
+    assert spiked.flag == "review-artefact"

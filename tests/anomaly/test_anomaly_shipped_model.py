@@ -29,3 +29,26 @@ def test_a_real_healthy_scan_from_another_scanner_passes(shipped, shared_data) -
     assert result.flag == "pass", result.summary()
     assert result.noise_sd > 0.03  # the reason it was flagged before: finer detail, more noise
     assert result.artefact_score < shipped.calibration_.artefact_threshold - 1.0
+
+
+def test_the_shipped_model_flags_an_rf_spike_on_a_real_healthy_scan(shipped, shared_data, tmp_path) -> None:
+    """IXI034 (held out of training and calibration) passes as acquired; with one mild TorchIO
+    spike in its k-space it is flagged for its artefact by the spike check, not by the mean."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from torchio.transforms.augmentation.intensity.random_spike import Spike
+
+    src = shared_data / "ixi" / "IXI034-HH-1260-T1_ds.nii.gz"
+    img = nib.load(src)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    spiked = Spike(spikes_positions=np.array([[0.7, 0.3, 0.65]]), intensity=0.04)(torch.from_numpy(data)[None])
+    path = tmp_path / "IXI034_spike.nii.gz"
+    nib.save(nib.Nifti1Image(spiked[0].numpy(), img.affine), path)
+    cal = shipped.calibration_
+    assert cal.spike_threshold is not None
+    clean = shipped.score(prepare_scan(src, grid=shipped.grid_))
+    result = shipped.score(prepare_scan(path, grid=shipped.grid_))
+    assert clean.flag == "pass" and clean.feature_z["spike_z"] < cal.spike_threshold
+    assert result.flag == "review-artefact", result.summary()
+    assert result.feature_z["spike_z"] > cal.spike_threshold and result.artefact_score < cal.artefact_threshold

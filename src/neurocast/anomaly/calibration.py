@@ -9,7 +9,9 @@ healthy scan then exceeds it with probability ``beta`` (about ``ceil((1 - beta)(
 A scan is flagged when *either* score exceeds its threshold, so the per-score rate is set by
 Šidák's correction ``beta = 1 - (1 - fpr) ** (1 / 2)``: the share of healthy scans flagged by
 either score is ``fpr`` when the two scores are independent and at most ``fpr`` when they are
-positively correlated.
+positively correlated. A calibration with the RF-spike check
+(:meth:`Calibration.with_spike_references`) flags on three scores (the spike's robust z-score as
+the third), at ``beta = 1 - (1 - fpr) ** (1 / 3)`` each.
 
 The voxel threshold of the anomaly map is the ``voxel_quantile`` (default 0.999) of the map
 values of all reference scans inside their eroded brain masks, so about 1 healthy voxel in 1000
@@ -19,7 +21,7 @@ for the binary mask (hysteresis thresholding, :func:`neurocast.anomaly.maps.grow
 lesion's faint rim is part of it, a faint patch with no strong core is not.
 
 Flags: ``pass``; ``review-lesion`` (lesion score above its threshold); ``review-artefact``
-(artefact score above its threshold). When both are above and the caller gives the share of the
+(artefact score, or the spike's z-score, above its threshold). When both are above and the caller gives the share of the
 supra-threshold mass that the largest cluster holds
 (:func:`neurocast.anomaly.scores.largest_cluster_share`, as the detector does), the flag names the
 lesion where that share is at least :data:`COMPACT_SHARE` (one compact finding) and the artefact
@@ -44,10 +46,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+
+from neurocast.anomaly.scores import (
+    SPIKE_FEATURE,
+    leave_one_out_spike_zscores,
+    reference_statistics,
+)
 
 FLAGS = ("pass", "review-lesion", "review-artefact")
 """The flags a scan can get."""
@@ -111,7 +119,7 @@ class Calibration:
 
     Attributes:
         fpr: the chosen false-positive rate per scan.
-        per_score_rate: Šidák's rate of each of the two scores.
+        per_score_rate: Šidák's rate of each score (two, or three with the spike check).
         lesion_threshold, artefact_threshold: score thresholds (flag when above).
         voxel_threshold: anomaly-map value of the binary mask and the clusters.
         voxel_quantile: the quantile of healthy map values that set ``voxel_threshold``.
@@ -134,6 +142,11 @@ class Calibration:
             from before the noise level was read, or made without the scans' images).
         n_references: number of reference scans.
         extra: free-form JSON (e.g. the references' identifiers).
+        spike_threshold: the threshold of the RF-spike metric's robust z-score against the
+            references (``feature_reference["spike_z"]``), over which a scan is flagged for an
+            artefact whatever its artefact score (:meth:`with_spike_references`). ``None``: no
+            spike check (calibrations from before it, or references without the metric).
+        spike_reference: the references' leave-one-out spike z-scores, sorted (``None``: none).
     """
 
     fpr: float
@@ -152,13 +165,20 @@ class Calibration:
     residual_level: float | None = None
     lesion_scales: dict[str, float] | None = None
     noise_lines: dict[str, dict[str, float]] | None = None
+    spike_threshold: float | None = None
+    spike_reference: list[float] | None = None
+
+    @property
+    def n_scores(self) -> int:
+        """The scores a scan is flagged on: lesion and artefact, and the spike where calibrated."""
+        return 2 if self.spike_threshold is None else 3
 
     @property
     def at_reference_maximum(self) -> bool:
         """Whether there were too few references for ``fpr`` (:func:`min_references`): the
         thresholds are then the largest reference scores, and the rate is ``1 / (n + 1)`` per
         score for scans like the references, whatever ``fpr`` asked."""
-        return self.n_references < min_references(self.fpr)
+        return self.n_references < min_references(self.fpr, self.n_scores)
 
     def describe_reference_count(self) -> str | None:
         """A sentence for the user when :attr:`at_reference_maximum`, else ``None``."""
@@ -166,7 +186,7 @@ class Calibration:
             return None
         return (
             f"{self.n_references} healthy reference scan(s) are fewer than the "
-            f"{min_references(self.fpr)} that a false-positive rate of {self.fpr:g} needs: each "
+            f"{min_references(self.fpr, self.n_scores)} that a false-positive rate of {self.fpr:g} needs: each "
             "threshold is the largest reference score, so the rate is about "
             f"1/{self.n_references + 1} per score for scans like the references and is set by "
             "the single most atypical one; calibrate on more healthy scans from this scanner"
@@ -186,9 +206,13 @@ class Calibration:
         spread = max(threshold - med, 1e-12)
         return (score - threshold) / spread
 
-    def over_thresholds(self, lesion: float, artefact: float) -> tuple[str, ...]:
+    def spike_over(self, spike: float) -> bool:
+        """Whether a spike z-score is over :attr:`spike_threshold` (never without one)."""
+        return self.spike_threshold is not None and math.isfinite(spike) and spike > self.spike_threshold
+
+    def over_thresholds(self, lesion: float, artefact: float, spike: float = float("nan")) -> tuple[str, ...]:
         """The scores above their calibrated thresholds: ``("lesion",)``, ``("artefact",)``,
-        ``("lesion", "artefact")`` or ``()``.
+        ``("lesion", "artefact")`` or ``()``; a spike over its threshold counts as ``"artefact"``.
 
         The flag names one score (:meth:`flag` says which); this names every one. A strong motion
         artefact often raises the lesion score over its threshold too (its residual is high
@@ -197,11 +221,13 @@ class Calibration:
         out = []
         if math.isfinite(lesion) and lesion > self.lesion_threshold:
             out.append("lesion")
-        if math.isfinite(artefact) and artefact > self.artefact_threshold:
+        if (math.isfinite(artefact) and artefact > self.artefact_threshold) or self.spike_over(spike):
             out.append("artefact")
         return tuple(out)
 
-    def flag(self, lesion: float, artefact: float, largest_share: float | None = None) -> str:
+    def flag(
+        self, lesion: float, artefact: float, largest_share: float | None = None, spike: float = float("nan")
+    ) -> str:
         """``pass``, ``review-lesion`` or ``review-artefact`` for a scan's two scores.
 
         An undefined (``NaN``) score never raises a flag on its own. When both scores are above
@@ -212,29 +238,41 @@ class Calibration:
           least :data:`COMPACT_SHARE`, else the artefact;
         * without it (``None`` or ``NaN``): the score further above its threshold, in units of
           its references' spread (threshold minus median).
+
+        ``spike``: the scan's spike z-score (:func:`~neurocast.anomaly.scores.spike_zscore`);
+        over :attr:`spike_threshold` it puts the artefact over its threshold.
         """
-        over = self.over_thresholds(lesion, artefact)
+        over = self.over_thresholds(lesion, artefact, spike)
         if len(over) == 2:
             if largest_share is not None and math.isfinite(largest_share):
                 return "review-lesion" if largest_share >= COMPACT_SHARE else "review-artefact"
             el = self._excess(lesion, self.lesion_threshold, self.lesion_reference)
             ea = self._excess(artefact, self.artefact_threshold, self.artefact_reference)
+            if self.spike_over(spike) and self.spike_reference:
+                ea = max(ea, self._excess(spike, float(self.spike_threshold), self.spike_reference))
             return "review-lesion" if el >= ea else "review-artefact"
         return f"review-{over[0]}" if over else "pass"
 
     def assess(
-        self, lesion: float, artefact: float, largest_share: float | None = None
+        self,
+        lesion: float,
+        artefact: float,
+        largest_share: float | None = None,
+        spike: float = float("nan"),
     ) -> dict[str, Any]:
         """Flag (:meth:`flag`), the percentile of the deciding score, and both percentiles.
 
-        The deciding score is the flagged one; for ``pass``, the one with the higher percentile.
+        The deciding score is the flagged one (for an artefact flagged by its spike, the spike's
+        percentile among the references' leave-one-out spike z-scores); for ``pass``, the one with
+        the higher percentile.
         """
-        flag = self.flag(lesion, artefact, largest_share)
+        flag = self.flag(lesion, artefact, largest_share, spike)
         pl, pa = self.lesion_percentile(lesion), self.artefact_percentile(artefact)
         if flag == "review-lesion":
             pct = pl
         elif flag == "review-artefact":
-            pct = pa
+            over_by_score = math.isfinite(artefact) and artefact > self.artefact_threshold
+            pct = pa if over_by_score or not self.spike_reference else percentile_of(spike, self.spike_reference)
         else:
             finite = [p for p in (pl, pa) if math.isfinite(p)]
             pct = max(finite) if finite else float("nan")
@@ -243,8 +281,43 @@ class Calibration:
             "percentile": pct,
             "lesion_percentile": pl,
             "artefact_percentile": pa,
-            "over_threshold": self.over_thresholds(lesion, artefact),
+            "over_threshold": self.over_thresholds(lesion, artefact, spike),
         }
+
+    def with_spike_references(
+        self, values: Sequence[float], *, groups: Sequence[Any] | None = None
+    ) -> Calibration:
+        """This calibration with the RF-spike check, from the references' ``spike_z`` values.
+
+        The spike's reference statistics go into ``feature_reference["spike_z"]``; its threshold
+        is set on the references' leave-one-out robust z-scores
+        (:func:`~neurocast.anomaly.scores.leave_one_out_spike_zscores`, by ``groups`` where
+        given) at Šidák's rate for three scores, and the lesion and artefact thresholds are set
+        again on their stored reference scores at that rate, so that the share of healthy scans
+        flagged by any of the three stays ``fpr``.
+
+        Args:
+            values: the references' ``spike_z``, in the order the calibration was made (NaN
+                allowed; at least two finite).
+            groups: the references' groups (e.g. participants), as for the calibration.
+        """
+        v = [float(x) for x in values]
+        ok = [i for i, x in enumerate(v) if math.isfinite(x)]
+        if len(ok) < 2:
+            raise ValueError("the spike check needs at least two references with a spike_z value")
+        labels = None if groups is None else [list(groups)[i] for i in ok]
+        loo = leave_one_out_spike_zscores([v[i] for i in ok], groups=labels)
+        stats = reference_statistics([{SPIKE_FEATURE: v[i]} for i in ok])
+        rate = per_score_rate(self.fpr, 3)
+        return replace(
+            self,
+            per_score_rate=rate,
+            lesion_threshold=threshold_at_rate(self.lesion_reference, rate),
+            artefact_threshold=threshold_at_rate(self.artefact_reference, rate),
+            feature_reference={**self.feature_reference, **stats},
+            spike_threshold=threshold_at_rate(loo, rate),
+            spike_reference=sorted(loo),
+        )
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -283,6 +356,10 @@ class Calibration:
             noise_lines=(
                 None if d.get("noise_lines") is None
                 else {k: {kk: float(vv) for kk, vv in dict(v).items()} for k, v in dict(d["noise_lines"]).items()}
+            ),
+            spike_threshold=None if d.get("spike_threshold") is None else float(d["spike_threshold"]),
+            spike_reference=(
+                None if d.get("spike_reference") is None else [num(v) for v in d["spike_reference"]]
             ),
         )
 

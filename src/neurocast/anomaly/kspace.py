@@ -18,6 +18,12 @@ corner of k-space); the metric is the largest z-score. Two parts of the spectrum
   (whole-head scans, real scans cropped at the neck). Without it the real scans of
   ../shared/data scored up to 8.1; with it 3.0-4.7.
 
+Every scan's IQMs hold it (:func:`neurocast.anomaly.iqm.compute_iqms`, ``spike_z``), and a
+calibration made from scans gives it its own threshold: its robust z-score against the healthy
+references, over which the scan is flagged for an artefact
+(:meth:`neurocast.anomaly.calibration.Calibration.with_spike_references`, the module docstring
+of :mod:`neurocast.anomaly.scores`).
+
 It is not one of MRIQC's metrics. The magnitude image is not the scanner's k-space (phase and
 interpolation spread a spike over a few coefficients), but a spike of a few per cent of the
 spectrum's maximum still stands out by far. Measured 2026-12-08 (session 31, ``BENCHMARKS.md``):

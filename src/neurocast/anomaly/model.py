@@ -95,6 +95,7 @@ from neurocast.anomaly.scores import (
     LESION_EVIDENCE,
     LESION_SCORE_RULE,
     NOISE_ADJUSTED_SCORE_RULE,
+    SPIKE_FEATURE,
     artefact_features,
     artefact_score,
     combined_lesion_score,
@@ -107,6 +108,7 @@ from neurocast.anomaly.scores import (
     level_scale,
     noise_adjusted_features,
     reference_statistics,
+    spike_zscore,
     summarise,
 )
 from neurocast.anomaly.training import (
@@ -755,6 +757,9 @@ class AnomalyDetector:
                 "left_out": "group" if groups is not None else "scan",
             },
         )
+        spikes = [f[SPIKE_FEATURE] for f in feats]
+        if sum(math.isfinite(v) for v in spikes) >= 2:  # scans whose IQMs read the spike metric
+            self.calibration_ = self.calibration_.with_spike_references(spikes, groups=groups)
         note = self.calibration_.describe_reference_count()
         if note:
             log.warning(note)
@@ -818,7 +823,9 @@ class AnomalyDetector:
             used_prior=bool(use_prior and scan.has_prior),
             native_map=native,
             seconds=time.perf_counter() - t0,
-            over_threshold=cal.over_thresholds(judged.lesion_score, judged.artefact_score),
+            over_threshold=cal.over_thresholds(
+                judged.lesion_score, judged.artefact_score, judged.feature_z.get(SPIKE_FEATURE, math.nan)
+            ),
         )
 
     def mask_of(self, anomaly_map: np.ndarray, within: np.ndarray | None = None) -> np.ndarray:
@@ -876,7 +883,7 @@ class AnomalyDetector:
         scored = noise_adjusted_features(feats, noise_sd, cal.noise_lines)
         art = artefact_score(scored, cal.feature_reference)
         share = largest_cluster_share(comps)
-        verdict = cal.assess(les, art, share)
+        verdict = cal.assess(les, art, share, spike=spike_zscore(scored, cal.feature_reference))
         return ResidualJudgement(
             anomaly_map=amap,
             components=comps,

@@ -45,6 +45,8 @@ feature             what
                     the brain's core (:func:`neurocast.anomaly.iqm.segment_tissues`)
 ``ghost_ratio``     air energy in the head's shadow along an axis over the air outside
                     it (:func:`neurocast.anomaly.iqm.ghost_ratio`): phase-encoding ghosts
+``spike_z``         a point of the scan's spectrum far above its shell of spatial
+                    frequency (:func:`neurocast.anomaly.kspace.spike_peak`): RF spikes
 ==================  =================================================================
 
 Each defined feature is turned into a robust z-score against the healthy references
@@ -53,6 +55,18 @@ Each defined feature is turned into a robust z-score against the healthy referen
 z-scores of the features that are defined for this scan (skull-stripped scans have no ghost
 ratio), each z-score first clipped to ``±Z_CLIP`` (3). The combination is unsupervised: it uses
 no labelled artefacts (the logistic-regression baseline of the benchmark does).
+
+**The spike has its own threshold.** The four features above are averaged because diffuse
+artefacts move several of them a little. An RF spike moves one feature, ``spike_z``, a lot and the
+others hardly at all (its stripes are faint against the noise, and a skull-stripping tool keeps
+them inside the brain), so in the mean it could never reach the threshold; and taking the larger
+of the mean and the spike's z-score lifted healthy scans whose ``spike_z`` is merely high, which
+cost the motion figures (``BENCHMARKS.md``, session 31). So ``spike_z`` is scored on its own: its
+robust z-score against the references (:func:`spike_zscore`) has a threshold set like the other
+scores' on the references' leave-one-out z-scores (:func:`leave_one_out_spike_zscores`,
+:meth:`neurocast.anomaly.calibration.Calibration.with_spike_references`), and a scan over it is
+flagged for an artefact whatever its artefact score. A calibration without it (made before
+``spike_z`` existed) flags as before.
 
 **The noise level is taken out** of ``residual_median``, ``residual_p90`` and ``cjv``
 (:data:`NOISE_ADJUSTED_FEATURES`). All three grow with a scan's noise level: the network does not
@@ -114,7 +128,10 @@ from neurocast.anomaly.iqm import IQMResult
 from neurocast.anomaly.maps import Component, components
 
 ARTEFACT_FEATURES = ("residual_median", "residual_p90", "cjv", "ghost_ratio")
-"""Features of the artefact score (see the module docstring)."""
+"""The diffuse features whose clipped z-scores the artefact score averages (module docstring)."""
+SPIKE_FEATURE = "spike_z"
+"""The RF-spike metric (:func:`neurocast.anomaly.kspace.spike_peak`): evidence from one feature
+alone, so it has its own threshold instead of a place in the mean (module docstring)."""
 Z_CLIP = 3.0
 """Each feature's robust z-score is clipped to ``[-Z_CLIP, Z_CLIP]`` before the mean (see the
 module docstring): one feature alone moves the score by at most ``Z_CLIP / n_features``."""
@@ -136,6 +153,7 @@ MIN_SCALE = {
     "residual_p90": 0.002,
     "cjv": 0.005,
     "ghost_ratio": 0.005,
+    "spike_z": 0.1,
 }
 """Absolute floor of each feature's reference scale (feature units): a feature that is nearly
 constant over the references must not turn a tiny change into a huge z-score (the ghost ratio's
@@ -262,7 +280,8 @@ def artefact_features(
     q = iqms.get if iqms is not None else (lambda name: float("nan"))
     feats["cjv"] = q("cjv")
     feats["ghost_ratio"] = q("ghost_ratio")
-    return {k: float(feats[k]) for k in ARTEFACT_FEATURES}
+    feats[SPIKE_FEATURE] = q(SPIKE_FEATURE)
+    return {k: float(feats[k]) for k in (*ARTEFACT_FEATURES, SPIKE_FEATURE)}
 
 
 def image_noise_sd(image: np.ndarray, region: np.ndarray) -> float:
@@ -374,7 +393,10 @@ def reference_statistics(
         min_scale: the features to summarise and the floors of their scales (default
             :data:`MIN_SCALE` for :data:`ARTEFACT_FEATURES`; another set compares other rules).
     """
-    floors = min_scale if min_scale is not None else {n: MIN_SCALE.get(n, 1e-9) for n in ARTEFACT_FEATURES}
+    if min_scale is None:
+        floors = {n: MIN_SCALE.get(n, 1e-9) for n in (*ARTEFACT_FEATURES, SPIKE_FEATURE)}
+    else:
+        floors = dict(min_scale)
     out: dict[str, dict[str, float]] = {}
     for name, floor in floors.items():
         v = np.array([f.get(name, float("nan")) for f in features], dtype=np.float64)
@@ -403,10 +425,34 @@ def feature_zscores(
 def artefact_score(
     features: Mapping[str, float], reference: Mapping[str, Mapping[str, float]]
 ) -> float:
-    """Mean of the defined artefact features' robust z-scores, each clipped to ``±Z_CLIP``
-    (``NaN`` if no feature is defined)."""
+    """Mean of the defined diffuse artefact features' (:data:`ARTEFACT_FEATURES`) robust
+    z-scores, each clipped to ``±Z_CLIP`` (``NaN`` if none is defined). The spike
+    (:data:`SPIKE_FEATURE`) is not in it: it has its own threshold (module docstring)."""
     z = feature_zscores(features, reference)
+    z.pop(SPIKE_FEATURE, None)
     return float(np.mean(np.clip(list(z.values()), -Z_CLIP, Z_CLIP))) if z else float("nan")
+
+
+def spike_zscore(features: Mapping[str, float], reference: Mapping[str, Mapping[str, float]]) -> float:
+    """The robust z-score of the scan's :data:`SPIKE_FEATURE` against the references (``NaN``
+    where either has none)."""
+    return feature_zscores(features, reference).get(SPIKE_FEATURE, float("nan"))
+
+
+def leave_one_out_spike_zscores(
+    values: Sequence[float], *, groups: Sequence[Any] | None = None
+) -> list[float]:
+    """Each reference's :data:`SPIKE_FEATURE` robust z-score against the *other* references (or
+    the other groups'), as :func:`leave_one_out_artefact_scores` does for the artefact score."""
+    labels = list(range(len(values))) if groups is None else list(groups)
+    if len(labels) != len(values):
+        raise ValueError(f"give one group per reference: {len(labels)} groups for {len(values)}")
+    floor = {SPIKE_FEATURE: MIN_SCALE[SPIKE_FEATURE]}
+    out = []
+    for i, g in enumerate(labels):
+        others = [{SPIKE_FEATURE: float(v)} for v, h in zip(values, labels, strict=True) if h != g]
+        out.append(spike_zscore({SPIKE_FEATURE: float(values[i])}, reference_statistics(others, floor)))
+    return out
 
 
 def leave_one_out_artefact_scores(

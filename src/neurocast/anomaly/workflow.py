@@ -352,6 +352,7 @@ def qa_participant(
                     "voxel_threshold": _num(cal.voxel_threshold),
                     "grow_threshold": _num(cal.grow_threshold),
                     "lesion_scales": cal.lesion_scales,  # what the lesion evidence is divided by
+                    "spike_threshold": _num(cal.spike_threshold),  # of the spike_z robust z
                     "n_references": cal.n_references,
                 },
                 "preprocessing_qc": {

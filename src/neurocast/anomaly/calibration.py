@@ -21,8 +21,8 @@ for the binary mask (hysteresis thresholding, :func:`neurocast.anomaly.maps.grow
 lesion's faint rim is part of it, a faint patch with no strong core is not.
 
 Flags: ``pass``; ``review-lesion`` (lesion score above its threshold); ``review-artefact``
-(artefact score, or the spike's z-score, above its threshold). When both are above and the caller gives the share of the
-supra-threshold mass that the largest cluster holds
+(artefact score, or the spike's z-score, above its threshold). When both are above and the
+caller gives the share of the supra-threshold mass that the largest cluster holds
 (:func:`neurocast.anomaly.scores.largest_cluster_share`, as the detector does), the flag names the
 lesion where that share is at least :data:`COMPACT_SHARE` (one compact finding) and the artefact
 otherwise (evidence scattered over many clusters: motion). Without the share, the score exceeding

@@ -564,8 +564,8 @@ def compute_iqms(
             zeros, or fewer than :data:`MIN_AIR_VOXELS` voxels) also gives ``NaN`` with a reason.
         spacing: voxel size in mm (for the air margin).
         raw_image: the scan as acquired, before bias-field correction (its own grid and
-            orientation). The ghost ratio and ``spike_z`` are measured on it when given: N4's field, extrapolated
-            into the air, scales the air unevenly (on a simulated healthy scan it took the ratio
+            orientation). The ghost ratio and ``spike_z`` are measured on it when given: N4's
+            field, extrapolated into the air, scales the air unevenly (on a simulated healthy scan it took the ratio
             from 0.000 to 0.32). ``None``: measured on ``image``, which must then be uncorrected.
         raw_spacing: voxel size of ``raw_image`` in mm (default ``spacing``).
         no_ghost_reason: leave the ghost ratio undefined, for this reason (``image`` is

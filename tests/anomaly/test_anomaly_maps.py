@@ -265,7 +265,8 @@ def test_a_calibration_with_the_spike_check_flags_a_spike_alone_at_three_scores_
     assert 1.5 < cal.spike_threshold < 4.0 and cal.feature_reference[SPIKE_FEATURE]["n"] == n
     assert cal.flag(0.0, 0.0, spike=1.0) == "pass" == base.flag(0.0, 0.0, spike=20.0)
     verdict = cal.assess(0.0, 0.0, spike=20.0)
-    assert verdict["flag"] == "review-artefact" and verdict["over_threshold"] == ("artefact",)
+    assert verdict["flag"] == "review-artefact" and verdict["over_threshold"] == ("spike",)
+    assert cal.over_thresholds(0.0, 9.0, spike=20.0) == ("artefact", "spike")
     assert verdict["percentile"] == 100.0  # the spike's, above every reference
     # a lesion and a spike: the lesion rule still decides by the largest cluster's share
     assert cal.flag(10.0, 0.0, largest_share=0.9, spike=20.0) == "review-lesion"

@@ -51,4 +51,5 @@ def test_the_shipped_model_flags_an_rf_spike_on_a_real_healthy_scan(shipped, sha
     result = shipped.score(prepare_scan(path, grid=shipped.grid_))
     assert clean.flag == "pass" and clean.feature_z["spike_z"] < cal.spike_threshold
     assert result.flag == "review-artefact", result.summary()
+    assert result.over_threshold == ("spike",)  # the reader sees why: not the artefact score
     assert result.feature_z["spike_z"] > cal.spike_threshold and result.artefact_score < cal.artefact_threshold

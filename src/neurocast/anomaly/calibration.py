@@ -211,18 +211,20 @@ class Calibration:
         return self.spike_threshold is not None and math.isfinite(spike) and spike > self.spike_threshold
 
     def over_thresholds(self, lesion: float, artefact: float, spike: float = float("nan")) -> tuple[str, ...]:
-        """The scores above their calibrated thresholds: ``("lesion",)``, ``("artefact",)``,
-        ``("lesion", "artefact")`` or ``()``; a spike over its threshold counts as ``"artefact"``.
+        """The scores above their calibrated thresholds, in the order ``"lesion"``,
+        ``"artefact"``, ``"spike"`` (e.g. ``("lesion", "artefact")``, ``("spike",)`` or ``()``).
 
-        The flag names one score (:meth:`flag` says which); this names every one. A strong motion
-        artefact often raises the lesion score over its threshold too (its residual is high
-        everywhere).
+        The flag names one finding (:meth:`flag` says which; a spike is an artefact); this names
+        every score over. A strong motion artefact often raises the lesion score over its
+        threshold too (its residual is high everywhere).
         """
         out = []
         if math.isfinite(lesion) and lesion > self.lesion_threshold:
             out.append("lesion")
-        if (math.isfinite(artefact) and artefact > self.artefact_threshold) or self.spike_over(spike):
+        if math.isfinite(artefact) and artefact > self.artefact_threshold:
             out.append("artefact")
+        if self.spike_over(spike):
+            out.append("spike")
         return tuple(out)
 
     def flag(
@@ -231,7 +233,8 @@ class Calibration:
         """``pass``, ``review-lesion`` or ``review-artefact`` for a scan's two scores.
 
         An undefined (``NaN``) score never raises a flag on its own. When both scores are above
-        their thresholds (:meth:`over_thresholds` names both), the flag names:
+        their thresholds (:meth:`over_thresholds` names the lesion and the artefact or the spike),
+        the flag names:
 
         * with ``largest_share`` (the share of the supra-threshold mass in the largest cluster,
           :func:`~neurocast.anomaly.scores.largest_cluster_share`): the lesion when it is at
@@ -240,10 +243,13 @@ class Calibration:
           its references' spread (threshold minus median).
 
         ``spike``: the scan's spike z-score (:func:`~neurocast.anomaly.scores.spike_zscore`);
-        over :attr:`spike_threshold` it puts the artefact over its threshold.
+        over :attr:`spike_threshold` it is an artefact finding, as the artefact score over its
+        threshold is.
         """
         over = self.over_thresholds(lesion, artefact, spike)
-        if len(over) == 2:
+        lesion_over = "lesion" in over
+        artefact_over = "artefact" in over or "spike" in over
+        if lesion_over and artefact_over:
             if largest_share is not None and math.isfinite(largest_share):
                 return "review-lesion" if largest_share >= COMPACT_SHARE else "review-artefact"
             el = self._excess(lesion, self.lesion_threshold, self.lesion_reference)
@@ -251,7 +257,7 @@ class Calibration:
             if self.spike_over(spike) and self.spike_reference:
                 ea = max(ea, self._excess(spike, float(self.spike_threshold), self.spike_reference))
             return "review-lesion" if el >= ea else "review-artefact"
-        return f"review-{over[0]}" if over else "pass"
+        return "review-lesion" if lesion_over else "review-artefact" if artefact_over else "pass"
 
     def assess(
         self,
@@ -271,8 +277,8 @@ class Calibration:
         if flag == "review-lesion":
             pct = pl
         elif flag == "review-artefact":
-            over_by_score = math.isfinite(artefact) and artefact > self.artefact_threshold
-            pct = pa if over_by_score or not self.spike_reference else percentile_of(spike, self.spike_reference)
+            by_spike_alone = self.spike_over(spike) and not artefact > self.artefact_threshold
+            pct = percentile_of(spike, self.spike_reference or []) if by_spike_alone else pa
         else:
             finite = [p for p in (pl, pa) if math.isfinite(p)]
             pct = max(finite) if finite else float("nan")

@@ -213,7 +213,7 @@ class AnomalyResult(ResidualJudgement):
         native_map: the anomaly map resampled to the scan's native grid (``None`` without one).
         seconds: time spent (reconstruction and scoring).
         over_threshold: the scores above their calibrated thresholds (``"lesion"``,
-            ``"artefact"``; :meth:`~neurocast.anomaly.calibration.Calibration.over_thresholds`):
+            ``"artefact"``, ``"spike"``; :meth:`~neurocast.anomaly.calibration.Calibration.over_thresholds`):
             the flag names one of them when both are.
     """
 

@@ -16,7 +16,7 @@ corner of k-space); the metric is the largest z-score. Two parts of the spectrum
 * the three planes through the centre (:data:`AXIS_PLANES` either side), which carry the cross of
   energy that the FFT's periodic boundary makes from any signal at the field of view's edge
   (whole-head scans, real scans cropped at the neck). Without it the real scans of
-  ../shared/data scored up to 8.1; with it 3.0-4.7.
+  ../shared/data scored up to 8.1; with it 2.85-4.65.
 
 Every scan's IQMs hold it (:func:`neurocast.anomaly.iqm.compute_iqms`, ``spike_z``), and a
 calibration made from scans gives it its own threshold: its robust z-score against the healthy
@@ -28,7 +28,7 @@ It is not one of MRIQC's metrics. The magnitude image is not the scanner's k-spa
 interpolation spread a spike over a few coefficients), but a spike of a few per cent of the
 spectrum's maximum still stands out by far. Measured 2026-12-08 (session 31, ``BENCHMARKS.md``):
 simulated healthy scans 2.6-4.9 (whole head and skull-stripped), the real healthy and tumour
-scans of ../shared/data 3.0-4.7, simulated mild spikes (TorchIO ``Spike``, intensity 0.03-0.06)
+scans of ../shared/data 2.85-4.65, simulated mild spikes (TorchIO ``Spike``, intensity 0.03-0.06)
 6.4-10.2 in 21 of 22 visits (one, close to the centre of k-space, 3.9).
 
 Example:

@@ -108,7 +108,6 @@ from neurocast.anomaly.scores import (
     level_scale,
     noise_adjusted_features,
     reference_statistics,
-    spike_zscore,
     summarise,
 )
 from neurocast.anomaly.training import (
@@ -883,12 +882,13 @@ class AnomalyDetector:
         scored = noise_adjusted_features(feats, noise_sd, cal.noise_lines)
         art = artefact_score(scored, cal.feature_reference)
         share = largest_cluster_share(comps)
-        verdict = cal.assess(les, art, share, spike=spike_zscore(scored, cal.feature_reference))
+        feature_z = feature_zscores(scored, cal.feature_reference)
+        verdict = cal.assess(les, art, share, spike=feature_z.get(SPIKE_FEATURE, math.nan))
         return ResidualJudgement(
             anomaly_map=amap,
             components=comps,
             features=feats,
-            feature_z=feature_zscores(scored, cal.feature_reference),
+            feature_z=feature_z,
             noise_sd=float("nan") if noise_sd is None else float(noise_sd),
             lesion_score=float(les),
             artefact_score=float(art),

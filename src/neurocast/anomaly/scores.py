@@ -439,18 +439,24 @@ def spike_zscore(features: Mapping[str, float], reference: Mapping[str, Mapping[
     return feature_zscores(features, reference).get(SPIKE_FEATURE, float("nan"))
 
 
+def _other_groups(n: int, groups: Sequence[Any] | None) -> list[list[int]]:
+    """For each of ``n`` references, the indices of the references outside its group (each its
+    own group without ``groups``)."""
+    labels = list(range(n)) if groups is None else list(groups)
+    if len(labels) != n:
+        raise ValueError(f"give one group per reference: {len(labels)} groups for {n}")
+    return [[j for j, h in enumerate(labels) if h != g] for g in labels]
+
+
 def leave_one_out_spike_zscores(
     values: Sequence[float], *, groups: Sequence[Any] | None = None
 ) -> list[float]:
     """Each reference's :data:`SPIKE_FEATURE` robust z-score against the *other* references (or
     the other groups'), as :func:`leave_one_out_artefact_scores` does for the artefact score."""
-    labels = list(range(len(values))) if groups is None else list(groups)
-    if len(labels) != len(values):
-        raise ValueError(f"give one group per reference: {len(labels)} groups for {len(values)}")
     floor = {SPIKE_FEATURE: MIN_SCALE[SPIKE_FEATURE]}
     out = []
-    for i, g in enumerate(labels):
-        others = [{SPIKE_FEATURE: float(v)} for v, h in zip(values, labels, strict=True) if h != g]
+    for i, idx in enumerate(_other_groups(len(values), groups)):
+        others = [{SPIKE_FEATURE: float(values[j])} for j in idx]
         out.append(spike_zscore({SPIKE_FEATURE: float(values[i])}, reference_statistics(others, floor)))
     return out
 
@@ -469,14 +475,12 @@ def leave_one_out_artefact_scores(
     references only. With ``noise_sds`` the noise lines (:func:`fit_noise_lines`) are fitted
     on those other references too, and every feature set is read against them.
     """
-    labels = list(range(len(features))) if groups is None else list(groups)
-    if len(labels) != len(features):
-        raise ValueError(f"give one group per reference: {len(labels)} groups for {len(features)}")
+    left_out = _other_groups(len(features), groups)
     if noise_sds is not None and len(noise_sds) != len(features):
         raise ValueError(f"give one image noise SD per reference: {len(noise_sds)} for {len(features)}")
     out = []
-    for i, g in enumerate(labels):
-        idx = [j for j, h in enumerate(labels) if h != g] or list(range(len(features)))
+    for i, other in enumerate(left_out):
+        idx = other or list(range(len(features)))
         others = [features[j] for j in idx]
         own = dict(features[i])
         if noise_sds is not None:
